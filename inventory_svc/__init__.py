@@ -1,0 +1,1 @@
+"""inventory_svc: owns stock; reserves an order's items or none, releases them on cancel."""

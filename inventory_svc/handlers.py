@@ -1,0 +1,84 @@
+"""inventory_svc's handlers: learn lines from orders.created, reserve on payments.completed,
+commit on orders.confirmed, release on orders.cancelled."""
+
+from __future__ import annotations
+
+import aiosqlite
+import structlog
+
+from inventory_svc import domain, repository
+from shared.consumer import ConsumerSpec, RetryLater, Route
+from shared.contract import OrderCancelled, OrderConfirmed, OrderCreated, PaymentCompleted
+from shared.envelope import Envelope, Event
+from shared.subjects import EventType, Stream
+
+log = structlog.get_logger("inventory_svc")
+
+
+async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
+    lines = domain.order_lines([(item.sku, item.quantity) for item in data.items])
+    await repository.add_order_lines(tx, env.order_id, lines)
+    return []
+
+
+async def on_payments_completed(tx: aiosqlite.Connection, env: Envelope, data: PaymentCompleted) -> list[Event]:
+    existing = await repository.get_reservation(tx, env.order_id)
+    if existing is not None:
+        log.info("reservation.skipped", status=existing.status.value)
+        return []
+    lines = await repository.get_order_lines(tx, env.order_id)
+    if lines is None:
+        # orders.created is always published before payments.completed, but on another
+        # stream: it may not have reached us yet.
+        raise RetryLater("waiting for orders.created")
+    stock = await repository.get_stock(tx, lines)
+    reservation, events = domain.reserve(env.order_id, lines, existing, stock)
+    if reservation is None:
+        return []
+    if reservation.status is domain.ReservationStatus.RESERVED:
+        await repository.save_stock(tx, [s for s in stock.values() if s is not None])
+    await repository.save_reservation(tx, reservation)
+    log.info("reservation.decided", status=reservation.status.value, reason=reservation.reason)
+    return events
+
+
+async def on_orders_confirmed(tx: aiosqlite.Connection, env: Envelope, data: OrderConfirmed) -> list[Event]:
+    reservation = await repository.get_reservation(tx, env.order_id)
+    stock = await repository.get_stock(tx, reservation.lines if reservation else {})
+    present = {sku: s for sku, s in stock.items() if s is not None}
+    if domain.commit(reservation, present):
+        assert reservation is not None
+        await repository.save_stock(tx, present.values())
+        await repository.save_reservation(tx, reservation)
+        log.info("reservation.committed")
+    else:
+        log.warning("reservation.commit_skipped", status=reservation.status.value if reservation else None)
+    return []
+
+
+async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
+    existing = await repository.get_reservation(tx, env.order_id)
+    stock = await repository.get_stock(tx, existing.lines if existing else {})
+    present = {sku: s for sku, s in stock.items() if s is not None}
+    reservation, events = domain.release(env.order_id, data.reason, existing, present)
+    if reservation is None:
+        log.info("reservation.release_skipped", status=existing.status.value if existing else None)
+        return []
+    if reservation.status is domain.ReservationStatus.RELEASED:
+        await repository.save_stock(tx, present.values())
+    await repository.save_reservation(tx, reservation)
+    log.info("reservation.compensated", status=reservation.status.value)
+    return events
+
+
+CONSUMERS = [
+    ConsumerSpec(
+        Stream.ORDERS,
+        {
+            EventType.ORDERS_CREATED: Route(OrderCreated, on_orders_created),
+            EventType.ORDERS_CONFIRMED: Route(OrderConfirmed, on_orders_confirmed),
+            EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
+        },
+    ),
+    ConsumerSpec(Stream.PAYMENTS, {EventType.PAYMENTS_COMPLETED: Route(PaymentCompleted, on_payments_completed)}),
+]

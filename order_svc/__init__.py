@@ -1,0 +1,1 @@
+"""order_svc: owns orders; starts the saga and decides each order's outcome."""

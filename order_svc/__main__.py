@@ -1,0 +1,26 @@
+"""Run order_svc: ``python -m order_svc`` or ``order-svc``."""
+
+from __future__ import annotations
+
+from order_svc import api, handlers, repository
+from order_svc.timeouts import run_timeouts
+from shared.service import ServiceDefinition
+from shared.service import main as run_service
+
+ORDER_SERVICE = ServiceDefinition(
+    name="order_svc",
+    api_name="orders",
+    description="Orders of the choreographed saga: place, cancel, query.",
+    schema=repository.SCHEMA,
+    consumers=handlers.CONSUMERS,
+    endpoints=api.endpoints,
+    background=lambda ctx, stop: [run_timeouts(ctx, stop)],
+)
+
+
+def main() -> None:
+    run_service(ORDER_SERVICE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Orders: pure and synchronous. Each decision changes the order and returns the events it causes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.contract import OrderItem, OrderRequested
+from shared.envelope import Event
+from shared.subjects import EventType
+
+DUPLICATE_ORDER_ID = "duplicate_order_id"
+CANCEL_REQUESTED = "requested"
+TIMEOUT = "timeout"
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass
+class Order:
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+    total_cents: int
+    status: OrderStatus
+    created_at: float
+    reason: str | None = None
+
+    def confirm(self) -> list[Event]:
+        """Stock is reserved: a PENDING order is confirmed. A cancelled one stays cancelled."""
+        if self.status is not OrderStatus.PENDING:
+            return []
+        self.status = OrderStatus.CONFIRMED
+        return [Event(EventType.ORDERS_CONFIRMED, self.order_id, {"total_cents": self.total_cents})]
+
+    def cancel(self, reason: str) -> list[Event]:
+        """Cancel a PENDING order; a confirmed or cancelled order does not change."""
+        if self.status is not OrderStatus.PENDING:
+            return []
+        self.status = OrderStatus.CANCELLED
+        self.reason = reason
+        return [Event(EventType.ORDERS_CANCELLED, self.order_id, {"reason": reason})]
+
+    def timed_out(self, now: float, timeout_s: float) -> bool:
+        return self.status is OrderStatus.PENDING and now - self.created_at >= timeout_s
+
+
+def place_order(
+    order_id: str, request: OrderRequested, existing: Order | None, now: float
+) -> tuple[Order | None, list[Event]]:
+    """Create a PENDING order, or reject a request for an order_id that already exists."""
+    if existing is not None:
+        return None, [Event(EventType.ORDERS_REJECTED, order_id, {"reason": DUPLICATE_ORDER_ID})]
+    total = sum(item.quantity * item.unit_price_cents for item in request.items)
+    order = Order(
+        order_id=order_id,
+        customer_id=request.customer_id,
+        items=list(request.items),
+        total_cents=total,
+        status=OrderStatus.PENDING,
+        created_at=now,
+    )
+    created = {
+        "customer_id": order.customer_id,
+        "items": [item.model_dump() for item in order.items],
+        "total_cents": total,
+    }
+    return order, [Event(EventType.ORDERS_CREATED, order_id, created)]

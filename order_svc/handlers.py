@@ -1,0 +1,87 @@
+"""order_svc's handlers: load, decide (domain), save; the consumer adds the events to the outbox."""
+
+from __future__ import annotations
+
+import time
+
+import aiosqlite
+import structlog
+
+from order_svc import domain, repository
+from shared.consumer import ConsumerSpec, Route
+from shared.contract import InventoryFailed, InventoryReserved, OrderCancelRequested, OrderRequested, PaymentFailed
+from shared.envelope import Envelope, Event
+from shared.subjects import EventType, Stream
+
+log = structlog.get_logger("order_svc")
+
+
+async def on_orders_requested(tx: aiosqlite.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
+    existing = await repository.get(tx, env.order_id)
+    order, events = domain.place_order(env.order_id, data, existing, now=time.time())
+    if order is not None:
+        await repository.add(tx, order)
+    else:
+        log.warning("order.rejected", reason=domain.DUPLICATE_ORDER_ID)
+    return events
+
+
+async def _cancel(tx: aiosqlite.Connection, order_id: str, reason: str) -> list[Event]:
+    order = await repository.get(tx, order_id)
+    if order is None:
+        log.warning("order.cancel_for_unknown_order", reason=reason)
+        return []
+    events = order.cancel(reason)
+    if events:
+        await repository.save_status(tx, order)
+    else:
+        log.info("order.cancel_ignored", status=order.status.value)
+    return events
+
+
+async def on_orders_cancel_requested(
+    tx: aiosqlite.Connection, env: Envelope, data: OrderCancelRequested
+) -> list[Event]:
+    return await _cancel(tx, env.order_id, domain.CANCEL_REQUESTED)
+
+
+async def on_payments_failed(tx: aiosqlite.Connection, env: Envelope, data: PaymentFailed) -> list[Event]:
+    return await _cancel(tx, env.order_id, data.reason)
+
+
+async def on_inventory_failed(tx: aiosqlite.Connection, env: Envelope, data: InventoryFailed) -> list[Event]:
+    return await _cancel(tx, env.order_id, data.reason)
+
+
+async def on_inventory_reserved(tx: aiosqlite.Connection, env: Envelope, data: InventoryReserved) -> list[Event]:
+    order = await repository.get(tx, env.order_id)
+    if order is None:
+        log.warning("order.reserved_for_unknown_order")
+        return []
+    events = order.confirm()
+    if events:
+        await repository.save_status(tx, order)
+    else:
+        # Cancelled while the reservation was in flight: it stays cancelled, and the
+        # orders.cancelled already emitted makes inventory give the stock back.
+        log.info("order.confirm_ignored", status=order.status.value)
+    return events
+
+
+CONSUMERS = [
+    ConsumerSpec(
+        Stream.ORDERS,
+        {
+            EventType.ORDERS_REQUESTED: Route(OrderRequested, on_orders_requested),
+            EventType.ORDERS_CANCEL_REQUESTED: Route(OrderCancelRequested, on_orders_cancel_requested),
+        },
+    ),
+    ConsumerSpec(Stream.PAYMENTS, {EventType.PAYMENTS_FAILED: Route(PaymentFailed, on_payments_failed)}),
+    ConsumerSpec(
+        Stream.INVENTORY,
+        {
+            EventType.INVENTORY_RESERVED: Route(InventoryReserved, on_inventory_reserved),
+            EventType.INVENTORY_FAILED: Route(InventoryFailed, on_inventory_failed),
+        },
+    ),
+]

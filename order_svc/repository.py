@@ -1,0 +1,75 @@
+"""SQL for orders; no business rules."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiosqlite
+
+from order_svc.domain import Order, OrderStatus
+from shared.contract import OrderItem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id    TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    items       TEXT NOT NULL,
+    total_cents INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE status = 'PENDING';
+"""
+
+
+def _from_row(row: aiosqlite.Row) -> Order:
+    return Order(
+        order_id=row["order_id"],
+        customer_id=row["customer_id"],
+        items=[OrderItem.model_validate(i) for i in json.loads(row["items"])],
+        total_cents=row["total_cents"],
+        status=OrderStatus(row["status"]),
+        created_at=row["created_at"],
+        reason=row["reason"],
+    )
+
+
+async def get(conn: aiosqlite.Connection, order_id: str) -> Order | None:
+    async with conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)) as cursor:
+        row = await cursor.fetchone()
+    return _from_row(row) if row else None
+
+
+async def add(tx: aiosqlite.Connection, order: Order) -> None:
+    await tx.execute(
+        "INSERT INTO orders(order_id, customer_id, items, total_cents, status, reason, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            order.order_id,
+            order.customer_id,
+            json.dumps([i.model_dump() for i in order.items]),
+            order.total_cents,
+            order.status.value,
+            order.reason,
+            order.created_at,
+            time.time(),
+        ),
+    )
+
+
+async def save_status(tx: aiosqlite.Connection, order: Order) -> None:
+    await tx.execute(
+        "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE order_id = ?",
+        (order.status.value, order.reason, time.time(), order.order_id),
+    )
+
+
+async def pending_older_than(conn: aiosqlite.Connection, cutoff: float, limit: int) -> list[Order]:
+    async with conn.execute(
+        "SELECT * FROM orders WHERE status = 'PENDING' AND created_at <= ? ORDER BY created_at LIMIT ?",
+        (cutoff, limit),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]

@@ -1,0 +1,24 @@
+"""Run payment_svc: ``python -m payment_svc`` or ``payment-svc``."""
+
+from __future__ import annotations
+
+from payment_svc import api, handlers, repository
+from shared.service import ServiceDefinition
+from shared.service import main as run_service
+
+PAYMENT_SERVICE = ServiceDefinition(
+    name="payment_svc",
+    api_name="payments",
+    description="Customer balances of the choreographed saga: charge, refund, deposit.",
+    schema=repository.SCHEMA,
+    consumers=handlers.CONSUMERS,
+    endpoints=api.endpoints,
+)
+
+
+def main() -> None:
+    run_service(PAYMENT_SERVICE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""payment_svc's handlers: charge on orders.created, refund on orders.cancelled."""
+
+from __future__ import annotations
+
+import aiosqlite
+import structlog
+
+from payment_svc import domain, repository
+from shared.consumer import ConsumerSpec, Route
+from shared.contract import OrderCancelled, OrderCreated
+from shared.envelope import Envelope, Event
+from shared.subjects import EventType, Stream
+
+log = structlog.get_logger("payment_svc")
+
+
+async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
+    existing = await repository.get_payment(tx, env.order_id)
+    account = await repository.get_account(tx, data.customer_id)
+    payment, events = domain.charge(env.order_id, data.customer_id, data.total_cents, existing, account)
+    if payment is None:
+        log.info("payment.charge_skipped", status=existing.status.value if existing else None)
+        return []
+    if payment.status is domain.PaymentStatus.CHARGED and account is not None:
+        await repository.save_account(tx, account)
+    await repository.save_payment(tx, payment)
+    log.info("payment.decided", status=payment.status.value, amount_cents=payment.amount_cents, reason=payment.reason)
+    return events
+
+
+async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
+    existing = await repository.get_payment(tx, env.order_id)
+    account = await repository.get_account(tx, existing.customer_id) if existing else None
+    payment, events = domain.compensate(env.order_id, data.reason, existing, account)
+    if payment is None:
+        log.info("payment.compensation_skipped", status=existing.status.value if existing else None)
+        return []
+    if payment.status is domain.PaymentStatus.REFUNDED and account is not None:
+        await repository.save_account(tx, account)
+    await repository.save_payment(tx, payment)
+    log.info("payment.compensated", status=payment.status.value, amount_cents=payment.amount_cents)
+    return events
+
+
+CONSUMERS = [
+    ConsumerSpec(
+        Stream.ORDERS,
+        {
+            EventType.ORDERS_CREATED: Route(OrderCreated, on_orders_created),
+            EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
+        },
+    ),
+]

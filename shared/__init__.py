@@ -1,0 +1,1 @@
+"""The toolkit every service uses: envelope, subjects, store, inbox, outbox, consumer, API helpers."""

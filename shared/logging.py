@@ -1,0 +1,47 @@
+"""structlog setup: every line carries service, event_type, order_id and event_id.
+
+Per-message fields are bound through contextvars by the consumer, so handlers and the domain
+log plain facts (``log.info("payment.charged", amount_cents=...)``) and still say which event
+they were about. Lines not about any event carry those keys as null, so a log query never has
+to guess whether a key is missing or empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+EVENT_KEYS = ("event_type", "order_id", "event_id")
+
+
+def _ensure_event_keys(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in EVENT_KEYS:
+        event_dict.setdefault(key, None)
+    return event_dict
+
+
+def configure_logging(service: str, log_format: str = "json", level: str = "INFO") -> None:
+    """Configure structlog for one service process, writing to stdout."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _ensure_event_keys,
+            structlog.processors.dict_tracebacks if log_format == "json" else structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)

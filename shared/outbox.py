@@ -1,0 +1,135 @@
+"""The transactional outbox: events are rows written in the caller's transaction; the relay
+publishes committed rows to JetStream with ``Nats-Msg-Id = event_id``.
+
+A crash between publish and marking the row published re-publishes it with the same
+``Nats-Msg-Id``: the stream's duplicate window drops it, and past the window every consumer's
+inbox does. Only the relay talks to NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import aiosqlite
+import structlog
+from nats.js import JetStreamContext
+
+from shared.envelope import Envelope
+from shared.store import Store
+
+log = structlog.get_logger("outbox")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+async def add(conn: aiosqlite.Connection, envelopes: Sequence[Envelope]) -> None:
+    """Queue ``envelopes`` for publishing; they go out only if the caller's transaction commits."""
+    if not envelopes:
+        return
+    now = time.time()
+    await conn.executemany(
+        "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
+        [(e.event_id, e.subject, e.to_bytes(), now) for e in envelopes],
+    )
+
+
+class RelayError(Exception):
+    """Some publishes of a batch were not acknowledged; their rows stay pending."""
+
+
+class Relay:
+    """Publishes committed outbox rows in id order, pipelined, and marks them published."""
+
+    def __init__(
+        self,
+        store: Store,
+        js: JetStreamContext,
+        *,
+        batch_size: int = 512,
+        ack_timeout_s: float = 5.0,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._js = js
+        self._batch_size = batch_size
+        self._ack_timeout_s = ack_timeout_s
+        self._idle_poll_s = idle_poll_s
+        self._wakeup = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        """Tell the relay that a transaction just committed outbox rows."""
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set; back off while NATS is away, never busy-loop."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                sent = await self.publish_pending()
+                failures = 0
+            except Exception as exc:  # NATS away, timeouts: the rows stay and are retried.
+                failures += 1
+                log.warning("outbox.publish_failed", error=repr(exc), attempt=failures)
+                await _wait(stop, min(0.2 * 2**failures, 5.0))
+                continue
+            if sent == 0:
+                self._wakeup.clear()
+                await _wait_any(stop, self._wakeup, self._idle_poll_s)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending rows; return how many were published."""
+        async with self._store.reader.execute(
+            "SELECT id, event_id, subject, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
+            (self._batch_size,),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        if not rows:
+            return 0
+        # Pipelined: every publish is on the wire before the first ack is awaited. One
+        # connection keeps them in order, so the stream sees the outbox order.
+        futures = [
+            await self._js.publish_async(row["subject"], row["payload"], headers={MSG_ID_HEADER: row["event_id"]})
+            for row in rows
+        ]
+        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)
+        for future in pending:
+            future.cancel()
+        published_ids = [row["id"] for row, fut in zip(rows, futures, strict=True) if fut in done and not fut.exception()]
+        if published_ids:
+            async with self._store.transaction() as tx:
+                await tx.executemany(
+                    "UPDATE outbox SET published_at = ? WHERE id = ?",
+                    [(time.time(), row_id) for row_id in published_ids],
+                )
+            self.published += len(published_ids)
+        if len(published_ids) < len(rows):
+            errors = [repr(f.exception()) for f in done if f.exception()]
+            raise RelayError(
+                f"{len(rows) - len(published_ids)} of {len(rows)} publishes failed or timed out",
+                errors[:1],
+            )
+        return len(published_ids)
+
+    async def pending_count(self) -> int:
+        async with self._store.reader.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

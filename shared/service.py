@@ -1,0 +1,186 @@
+"""The lifecycle every service shares: settings once, signals, connect, ensure, run, drain.
+
+SIGTERM/SIGINT: stop fetching, finish the batch in hand, stop the API, flush the outbox and
+the acks, close the store, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.micro import ServiceConfig, add_service
+
+from shared.api import Endpoint
+from shared.consumer import Consumer, ConsumerSpec
+from shared.jetstream import ensure_streams
+from shared.logging import configure_logging
+from shared.outbox import Relay
+from shared.settings import Settings, SettingsError
+from shared.store import Store
+
+log = structlog.get_logger("service")
+
+SHUTDOWN_FLUSH_S = 3.0
+"""How long shutdown waits for the outbox to empty before leaving the rest for the next start."""
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a running service hands to its endpoints and background tasks."""
+
+    settings: Settings
+    store: Store
+    relay: Relay
+    nc: Client
+    js: JetStreamContext
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """Everything that makes one service itself; the rest is this shared lifecycle."""
+
+    name: str
+    """Process and consumer name, e.g. ``order_svc``."""
+    api_name: str
+    """The NATS micro service name, e.g. ``orders``."""
+    description: str
+    schema: str
+    consumers: Sequence[ConsumerSpec]
+    endpoints: Callable[[ServiceContext], Sequence[Endpoint]]
+    background: Callable[[ServiceContext, asyncio.Event], Sequence[Coroutine[Any, Any, None]]] = field(
+        default=lambda ctx, stop: ()
+    )
+    version: str = "0.1.0"
+
+
+def main(definition: ServiceDefinition) -> None:
+    """Console entry point: read settings once, run until SIGTERM/SIGINT, exit 0."""
+    try:
+        settings = Settings.from_env(definition.name)
+    except SettingsError as exc:
+        print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(definition.name, settings.log_format, settings.log_level)
+    asyncio.run(serve(definition, settings))
+
+
+async def serve(definition: ServiceDefinition, settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run ``definition`` until ``stop`` is set (or a signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (e.g. in-process tests)
+            pass
+
+    store = await Store.open(settings.db_path, definition.schema, synchronous=settings.sqlite_synchronous)
+    log.info("service.starting", nats_url=settings.nats_url, db=str(settings.db_path))
+    nc = await _connect(settings, stop)
+    if nc is None:  # stopped before NATS was ever reachable
+        await store.close()
+        return
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        relay = Relay(store, js)
+        ctx = ServiceContext(settings, store, relay, nc, js)
+        consumers = [
+            Consumer(
+                service=settings.service,
+                spec=spec,
+                nc=nc,
+                js=js,
+                store=store,
+                relay=relay,
+                batch_size=settings.fetch_batch,
+                max_deliveries=settings.max_deliveries,
+            )
+            for spec in definition.consumers
+        ]
+        for consumer in consumers:
+            await consumer.start()
+        micro = await add_service(
+            nc,
+            ServiceConfig(name=definition.api_name, version=definition.version, description=definition.description),
+        )
+        for endpoint in definition.endpoints(ctx):
+            await micro.add_endpoint(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
+
+        relay_stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(relay_stop), name="relay")
+        work = [asyncio.create_task(c.run(stop), name=f"consumer:{c.name}") for c in consumers]
+        work += [asyncio.create_task(coro, name="background") for coro in definition.background(ctx, stop)]
+        log.info("service.started", consumers=[c.name for c in consumers])
+
+        await stop.wait()
+        log.info("service.stopping")
+        # Consumers finish the batch in hand; nothing new is fetched.
+        await asyncio.gather(*work, return_exceptions=True)
+        await micro.stop()
+        await _flush_outbox(relay)
+        relay_stop.set()
+        await relay_task
+    finally:
+        # Not nc.drain(): it waits for pull subscriptions' queues, which fetch() never marks
+        # done. Every message in hand is already settled, so flushing the acks is enough.
+        try:
+            await nc.flush(timeout=SHUTDOWN_FLUSH_S)
+        except Exception as exc:
+            log.warning("nats.flush_failed", error=repr(exc))
+        await nc.close()
+        await store.close()
+    log.info("service.stopped")
+
+
+async def _flush_outbox(relay: Relay) -> None:
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_FLUSH_S
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await relay.publish_pending() == 0:
+                return
+        except Exception as exc:
+            log.warning("outbox.flush_failed", error=repr(exc), left=await relay.pending_count())
+            return
+
+
+async def _connect(settings: Settings, stop: asyncio.Event) -> Client | None:
+    """Connect, retrying forever until NATS answers or ``stop`` is set."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=repr(exc))
+
+    async def on_disconnected() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats.reconnected")
+
+    connecting = asyncio.create_task(
+        nats.connect(
+            servers=settings.nats_url.split(","),
+            name=settings.service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1.0,
+            connect_timeout=2.0,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        return None
+    return connecting.result()

@@ -1,0 +1,88 @@
+"""Stream names and subjects: the single source of truth for the public contract.
+
+Every saga event travels on ``<domain>.<event>.<order_id>``. One order's whole history is
+``*.*.<order_id>``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Stream(StrEnum):
+    """The four JetStream streams and the subjects they capture."""
+
+    ORDERS = "ORDERS"
+    PAYMENTS = "PAYMENTS"
+    INVENTORY = "INVENTORY"
+    DLQ = "DLQ"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [STREAM_SUBJECTS[self]]
+
+
+STREAM_SUBJECTS: dict[Stream, str] = {
+    Stream.ORDERS: "orders.>",
+    Stream.PAYMENTS: "payments.>",
+    Stream.INVENTORY: "inventory.>",
+    Stream.DLQ: "dlq.>",
+}
+
+DOMAIN_STREAM: dict[str, Stream] = {
+    "orders": Stream.ORDERS,
+    "payments": Stream.PAYMENTS,
+    "inventory": Stream.INVENTORY,
+}
+
+
+class EventType(StrEnum):
+    """Every event type of the saga; the value is the subject's first two tokens."""
+
+    ORDERS_REQUESTED = "orders.requested"
+    ORDERS_CANCEL_REQUESTED = "orders.cancel_requested"
+    ORDERS_CREATED = "orders.created"
+    ORDERS_REJECTED = "orders.rejected"
+    ORDERS_CONFIRMED = "orders.confirmed"
+    ORDERS_CANCELLED = "orders.cancelled"
+    PAYMENTS_COMPLETED = "payments.completed"
+    PAYMENTS_FAILED = "payments.failed"
+    PAYMENTS_REFUNDED = "payments.refunded"
+    INVENTORY_RESERVED = "inventory.reserved"
+    INVENTORY_FAILED = "inventory.failed"
+    INVENTORY_RELEASED = "inventory.released"
+
+    @property
+    def stream(self) -> Stream:
+        return DOMAIN_STREAM[self.value.split(".", 1)[0]]
+
+
+def event_subject(event_type: str, order_id: str) -> str:
+    """The subject an event of ``event_type`` about ``order_id`` is published on."""
+    return f"{event_type}.{order_id}"
+
+
+def consumer_filters(event_type: str) -> list[str]:
+    """Filters that catch an event type on every subject shape, valid or not.
+
+    A consumer listens on ``<type>.>`` and on the bare ``<type>`` so that a message with a
+    missing, extra or invalid order_id token still reaches it and is dead-lettered with a
+    reason, instead of sitting in the stream unseen.
+    """
+    return [event_type, f"{event_type}.>"]
+
+
+def dlq_subject(service: str) -> str:
+    """Where a service dead-letters what it can never process."""
+    return f"dlq.{service}"
+
+
+# Request/reply API subjects (NATS micro services).
+API_ORDERS_GET = "api.orders.get"
+API_PAYMENTS_DEPOSIT = "api.payments.deposit"
+API_PAYMENTS_ACCOUNT = "api.payments.account"
+API_INVENTORY_RESTOCK = "api.inventory.restock"
+API_INVENTORY_STOCK = "api.inventory.stock"
