@@ -73,8 +73,13 @@ def main(definition: ServiceDefinition) -> None:
     asyncio.run(serve(definition, settings))
 
 
-async def serve(definition: ServiceDefinition, settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run ``definition`` until ``stop`` is set (or a signal arrives)."""
+async def serve(
+    definition: ServiceDefinition,
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Run ``definition`` until ``stop`` is set (or a signal arrives); set ``started`` once serving."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +88,12 @@ async def serve(definition: ServiceDefinition, settings: Settings, stop: asyncio
         except (NotImplementedError, RuntimeError):  # not the main thread (e.g. in-process tests)
             pass
 
-    store = await Store.open(settings.db_path, definition.schema, synchronous=settings.sqlite_synchronous)
+    store = await Store.open(
+        settings.db_path,
+        definition.schema,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
     log.info("service.starting", nats_url=settings.nats_url, db=str(settings.db_path))
     nc = await _connect(settings, stop)
     if nc is None:  # stopped before NATS was ever reachable
@@ -121,6 +131,8 @@ async def serve(definition: ServiceDefinition, settings: Settings, stop: asyncio
         work = [asyncio.create_task(c.run(stop), name=f"consumer:{c.name}") for c in consumers]
         work += [asyncio.create_task(coro, name="background") for coro in definition.background(ctx, stop)]
         log.info("service.started", consumers=[c.name for c in consumers])
+        if started is not None:
+            started.set()
 
         await stop.wait()
         log.info("service.stopping")

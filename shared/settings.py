@@ -67,6 +67,9 @@ class Settings:
     sqlite_synchronous: SqliteSync = "FULL"
     """``SQLITE_SYNCHRONOUS``: FULL survives power loss after an ack; NORMAL survives process crashes only."""
 
+    sqlite_busy_timeout_ms: int = 5000
+    """``SQLITE_BUSY_TIMEOUT_MS``: how long a write waits for a lock before the batch is retried later."""
+
     fetch_batch: int = 256
     """``FETCH_BATCH``: messages fetched, and committed in one SQLite transaction, at a time."""
 
@@ -90,6 +93,7 @@ class Settings:
             sqlite_synchronous=_env_choice(  # type: ignore[arg-type]
                 "SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, ("FULL", "NORMAL")
             ),
+            sqlite_busy_timeout_ms=_env_int("SQLITE_BUSY_TIMEOUT_MS", cls.sqlite_busy_timeout_ms, minimum=0),
             fetch_batch=_env_int("FETCH_BATCH", cls.fetch_batch, minimum=1),
             max_deliveries=_env_int("MAX_DELIVERIES", cls.max_deliveries, minimum=1),
         )

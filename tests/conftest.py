@@ -1,0 +1,79 @@
+"""Fixtures shared by every tier: a real nats-server per test, polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared.harness import NatsServer
+
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    """A fresh id per test, so tests sharing a system never see each other's data."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def poll(
+    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout: float = 15.0, interval: float = 0.05
+) -> T:
+    """Call ``probe`` until ``until(result)`` holds; fail with the last result at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last value: {result!r}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def js(nc: Client) -> JetStreamContext:
+    return nc.jetstream()
+
+
+async def subject_count(js: JetStreamContext, stream: str, subject: str) -> int:
+    """How many messages ``stream`` holds on ``subject``."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def stream_messages(js: JetStreamContext, stream: str, subject: str | None = None) -> list[Any]:
+    """Every message still in ``stream`` (optionally only on ``subject``), oldest first."""
+    info = await js.stream_info(stream)
+    found: list[Any] = []
+    if not info.state.messages:
+        return found
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        if subject is None or msg.subject == subject:
+            found.append(msg)
+    return found

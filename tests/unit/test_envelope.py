@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from shared.contract import OrderRequested
+from shared.envelope import BadMessage, Event, parse_data, parse_envelope
+
+
+def body(**overrides: object) -> bytes:
+    envelope = {"event_id": "e-1", "type": "orders.requested", "order_id": "o-1", "data": {}}
+    envelope.update(overrides)
+    return json.dumps(envelope).encode()
+
+
+def test_valid_client_event_parses_without_occurred_at_or_causation() -> None:
+    env = parse_envelope("orders.requested.o-1", body())
+    assert (env.event_id, env.type, env.order_id, env.causation_id, env.occurred_at) == (
+        "e-1", "orders.requested", "o-1", None, None,
+    )
+
+
+def test_occurred_at_must_be_rfc3339_with_offset() -> None:
+    assert parse_envelope("orders.requested.o-1", body(occurred_at="2026-11-21T10:00:00Z")).occurred_at
+    with pytest.raises(BadMessage) as naive:
+        parse_envelope("orders.requested.o-1", body(occurred_at="2026-11-21T10:00:00"))
+    assert naive.value.reason == "invalid_envelope"
+
+
+@pytest.mark.parametrize(
+    ("subject", "raw", "reason"),
+    [
+        ("orders.requested.o-1", b"not json", "invalid_json"),
+        ("orders.requested.o-1", b"[1, 2]", "invalid_json"),
+        ("orders.requested.o-1", body(event_id=""), "invalid_envelope"),
+        ("orders.requested.o-1", body(event_id="x" * 129), "invalid_envelope"),
+        ("orders.requested.o-1", body(data=None), "invalid_envelope"),
+        ("orders.requested.o-1", body(event_id=7), "invalid_envelope"),
+        ("orders.requested.o-1", body(type="orders.created"), "type_mismatch"),
+        ("orders.requested.o-1", body(order_id="o-2"), "order_id_mismatch"),
+        ("orders.requested", body(), "invalid_subject"),
+        ("orders.requested.o-1.extra", body(), "invalid_subject"),
+        ("orders.requested." + "x" * 65, body(order_id="x" * 65), "invalid_subject"),
+        ("orders.requested.o$1", body(order_id="o$1"), "invalid_subject"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_stable_reason(subject: str, raw: bytes, reason: str) -> None:
+    with pytest.raises(BadMessage) as bad:
+        parse_envelope(subject, raw)
+    assert bad.value.reason == reason
+    assert bad.value.detail
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"customer_id": "c", "items": []},
+        {"customer_id": "c", "items": [{"sku": "s", "quantity": 0, "unit_price_cents": 1}]},
+        {"customer_id": "c", "items": [{"sku": "s", "quantity": "2", "unit_price_cents": 1}]},
+        {"customer_id": "c", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": -1}]},
+        {"customer_id": "c", "items": [{"sku": "s", "quantity": 1.0, "unit_price_cents": 1}]},
+        {"customer_id": "c", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}] * 101},
+        {"items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]},
+    ],
+)
+def test_order_request_data_is_checked_strictly(data: dict[str, object]) -> None:
+    env = parse_envelope("orders.requested.o-1", body(data=data))
+    with pytest.raises(BadMessage) as bad:
+        parse_data(OrderRequested, env)
+    assert bad.value.reason == "invalid_data"
+
+
+def test_emitted_event_envelope_round_trips_with_causation() -> None:
+    env = Event("payments.completed", "o-1", {"customer_id": "c", "amount_cents": 5}).to_envelope("cause-1")
+    parsed = parse_envelope(env.subject, env.to_bytes())
+    assert parsed == env
+    assert parsed.subject == "payments.completed.o-1"
+    assert parsed.causation_id == "cause-1"
+    assert parsed.occurred_at is not None
