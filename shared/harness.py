@@ -122,12 +122,14 @@ class ServiceProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    _log_offset: int = 0
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / "logs" / f"{self.name}.log"
 
     def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
+        """Start the process; with ``wait``, return once it logs ``service.started``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -137,23 +139,31 @@ class ServiceProcess:
             **self.env,
         }
         # Each start appends, so a restarted service's log keeps its history.
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.name], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         self.starts += 1
         if wait:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-                if '"service.started"' in text:
-                    return self
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text[-3000:]}")
-                time.sleep(0.05)
-            raise TimeoutError(f"{self.name} did not start within {timeout}s")
+            self.wait_started(timeout)
         return self
+
+    def log_since_start(self) -> str:
+        """What this process wrote to its log since its latest start."""
+        return self.log_path.read_bytes()[self._log_offset :].decode(errors="replace")
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_since_start()
+            if '"service.started"' in text:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not start within {timeout}s:\n{self.log_since_start()[-3000:]}")
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return _stop(self.proc, timeout)

@@ -1,0 +1,57 @@
+"""End-to-end tier: nats-server and the three services as real OS processes, driven only through NATS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from shared import client
+from shared.harness import System
+from tests.conftest import poll, unique
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """One running system shared by the tests that need no special settings (ids are per test)."""
+    running = System(tmp_path_factory.mktemp("e2e")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def nc(system: System) -> AsyncIterator[Client]:
+    assert system.nats_url
+    conn = await nats.connect(system.nats_url)
+    yield conn
+    await conn.close()
+
+
+async def new_customer(nc: Client, cents: int) -> str:
+    customer_id = unique("cust")
+    reply = await client.deposit(nc, customer_id, cents)
+    assert reply == {"customer_id": customer_id, "balance_cents": cents}
+    return customer_id
+
+
+async def new_sku(nc: Client, quantity: int) -> str:
+    sku = unique("sku")
+    reply = await client.restock(nc, sku, quantity)
+    assert reply == {"sku": sku, "available": quantity, "reserved": 0}
+    return sku
+
+
+async def settled_stock(nc: Client, sku: str, available: int) -> None:
+    """Wait until ``sku`` shows ``available`` with nothing left reserved."""
+    await poll(lambda: client.stock(nc, sku), lambda s: s == {"sku": sku, "available": available, "reserved": 0})
+
+
+async def settled_balance(nc: Client, customer_id: str, cents: int) -> None:
+    await poll(lambda: client.balance(nc, customer_id), lambda b: b == cents)
+
+
+def log_lines(workdir: Path, service: str) -> list[str]:
+    return (workdir / "data" / "logs" / f"{service}.log").read_text().splitlines()
