@@ -7,7 +7,8 @@ savepoint, so one message that fails rolls back only itself. The ack policy live
 - processed or duplicate  -> ack, after the commit;
 - bad input               -> published to ``dlq.<service>`` byte for byte, then ``term``;
 - transient failure       -> ``nak(delay)`` with a growing delay, never dead-lettered;
-- handler failure (a bug) -> ``nak(delay)``; after MAX_DELIVERIES, dead-lettered ``max_deliveries``.
+- handler failure (a bug) -> ``nak(delay)``; after MAX_DELIVERIES, dead-lettered ``max_deliveries``;
+- waiting (RetryLater)     -> the same, without a traceback in the log.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ log = structlog.get_logger("consumer")
 
 
 class RetryLater(Exception):
-    """A handler cannot act yet but will be able to (e.g. it waits for an earlier event):
-    redeliver after a delay, without counting towards MAX_DELIVERIES."""
+    """A handler cannot act yet but expects to (e.g. it waits for an earlier event on another
+    stream): redeliver after a growing delay. It counts towards MAX_DELIVERIES, so an event
+    whose prerequisite never comes (one published by hand, say) ends in the DLQ, not in an
+    endless loop; with the default 10 deliveries that is about 90 s of waiting."""
 
 
 class Handler(Protocol):
@@ -201,13 +204,13 @@ class Consumer:
                 for _, item in batch:
                     item.outcome = await self._apply_one(tx, item)
         except Exception as exc:
-            # The commit (or BEGIN) failed: nothing of this batch was stored. What was decided
-            # without the store (dead letters, duplicates already committed before) stands.
-            transient = is_transient_db_error(exc)
-            log.warning("batch.rolled_back", consumer=self.name, error=repr(exc), transient=transient)
+            # BEGIN or COMMIT failed: nothing of this batch was stored. That is the store's
+            # trouble (a lock, a full disk), not the messages', so it never counts towards
+            # dead-lettering them. Dead letters and duplicates decided above still stand.
+            log.warning("batch.rolled_back", consumer=self.name, error=repr(exc))
             for _, item in batch:
                 if isinstance(item.outcome, Processed) or item.outcome is None:
-                    item.outcome = Retry(transient=transient, error=repr(exc))
+                    item.outcome = Retry(transient=True, error=repr(exc))
 
     async def _apply_one(self, tx: aiosqlite.Connection, item: Decoded) -> Outcome:
         env = item.envelope
@@ -224,8 +227,8 @@ class Consumer:
             except BadMessage as bad:
                 return DeadLetter(bad.reason, bad.detail)
             except RetryLater as wait:
-                log.info("event.retry_later", why=str(wait))
-                return Retry(transient=True, error=str(wait))
+                log.info("event.retry_later", why=str(wait), deliveries=item.msg.metadata.num_delivered)
+                return Retry(transient=False, error=str(wait))
             except Exception as exc:
                 transient = is_transient_db_error(exc)
                 log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)

@@ -98,7 +98,10 @@ class NatsServer:
             self.log_path.rename(self.log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+                [nats_server_binary(), "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         _wait_for_line(self.log_path, "Server is ready", self.proc, timeout)
         return self
@@ -128,6 +131,10 @@ class ServiceProcess:
     def log_path(self) -> Path:
         return self.data_dir / "logs" / f"{self.name}.log"
 
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / f"{self.name}.sqlite3"
+
     def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
         """Start the process; with ``wait``, return once it logs ``service.started``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +149,13 @@ class ServiceProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.name], stdout=log, stderr=subprocess.STDOUT, env=env
+                [sys.executable, "-m", self.name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: a Ctrl-C at the terminal reaches only the parent, which
+                # then stops the services before the server, in order.
+                start_new_session=True,
             )
         self.starts += 1
         if wait:
@@ -188,7 +201,11 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | 
 
 @dataclass
 class System:
-    """A nats-server and the three services, all real processes."""
+    """A nats-server and the three services, all real processes.
+
+    Layout of ``workdir``: ``nats/`` (server store and log), ``<service>.sqlite3`` (each
+    service's DATA_DIR is ``workdir``) and ``logs/<service>.log``.
+    """
 
     workdir: Path
     service_env: Mapping[str, str] = field(default_factory=dict)
@@ -207,7 +224,7 @@ class System:
 
     def add_service(self, name: str) -> ServiceProcess:
         assert self.nats_url is not None
-        svc = ServiceProcess(name, self.nats_url, self.workdir / "data", self.service_env)
+        svc = ServiceProcess(name, self.nats_url, self.workdir, self.service_env)
         self.services[name] = svc
         return svc
 

@@ -35,12 +35,20 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(id) WHERE published_at IS NULL;
 """
 
-# Markers of SQLite errors that go away by themselves: another writer holds the lock.
-_TRANSIENT_MARKERS = ("database is locked", "database table is locked", "database is busy")
+# Markers of SQLite errors that are about the store, not the message: another writer holds the
+# lock, or the disk is full or failing. Retrying later is right; dead-lettering would lose work.
+_TRANSIENT_MARKERS = (
+    "database is locked",
+    "database table is locked",
+    "database is busy",
+    "database or disk is full",
+    "disk I/O error",
+    "unable to open database file",
+)
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
-    """True for SQLite errors worth retrying later (lock contention), not for bugs."""
+    """True for SQLite errors worth retrying later (locks, disk trouble), not for bugs."""
     return isinstance(exc, sqlite3.OperationalError) and any(m in str(exc) for m in _TRANSIENT_MARKERS)
 
 

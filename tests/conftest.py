@@ -77,3 +77,12 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str | None
         if subject is None or msg.subject == subject:
             found.append(msg)
     return found
+
+
+async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] = ("ORDERS", "PAYMENTS", "INVENTORY")) -> bool:
+    """True when every durable consumer on ``streams`` has nothing pending or unacknowledged."""
+    for stream in streams:
+        for info in await js.consumers_info(stream):
+            if info.num_pending or info.num_ack_pending:
+                return False
+    return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -51,7 +50,3 @@ async def settled_stock(nc: Client, sku: str, available: int) -> None:
 
 async def settled_balance(nc: Client, customer_id: str, cents: int) -> None:
     await poll(lambda: client.balance(nc, customer_id), lambda b: b == cents)
-
-
-def log_lines(workdir: Path, service: str) -> list[str]:
-    return (workdir / "data" / "logs" / f"{service}.log").read_text().splitlines()

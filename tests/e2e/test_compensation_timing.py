@@ -9,7 +9,7 @@ import nats
 
 from shared import client
 from shared.harness import System
-from tests.conftest import poll, subject_count, unique
+from tests.conftest import consumers_idle, poll, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
@@ -34,8 +34,7 @@ async def test_cancel_while_pending_refunds_and_a_late_reservation_leaves_it_can
         system.add_service("inventory_svc").start()
         sku_reply = await client.restock(nc, "later", 10)
         assert sku_reply["sku"] == "later"
-        await poll(lambda: _idle(nc, "INVENTORY"), lambda idle: idle)
-        await poll(lambda: _idle(nc, "ORDERS"), lambda idle: idle)
+        await poll(lambda: consumers_idle(js, ("INVENTORY", "ORDERS")), lambda idle: idle)
         await settled_stock(nc, "later", 10)
         assert (await client.get_order(nc, order_id))["status"] == "CANCELLED"  # type: ignore[index]
         assert await subject_count(js, "ORDERS", f"orders.confirmed.{order_id}") == 0
@@ -44,15 +43,6 @@ async def test_cancel_while_pending_refunds_and_a_late_reservation_leaves_it_can
         await nc.close()
     finally:
         system.stop()
-
-
-async def _idle(nc: nats.aio.client.Client, stream: str) -> bool:
-    """True when every durable consumer on ``stream`` has nothing pending or unacknowledged."""
-    js = nc.jetstream()
-    for info in await js.consumers_info(stream):
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
 
 
 async def test_order_times_out_and_a_late_charge_is_refunded(tmp_path: Path) -> None:
@@ -76,8 +66,7 @@ async def test_order_times_out_and_a_late_charge_is_refunded(tmp_path: Path) -> 
         await poll(lambda: subject_count(js, "PAYMENTS", f"payments.refunded.{order_id}"), lambda n: n == 1)
         assert await subject_count(js, "PAYMENTS", f"payments.completed.{order_id}") == 1
         await settled_balance(nc, customer, 10_000)
-        await poll(lambda: _idle(nc, "PAYMENTS"), lambda idle: idle)
-        await poll(lambda: _idle(nc, "ORDERS"), lambda idle: idle)
+        await poll(lambda: consumers_idle(js, ("PAYMENTS", "ORDERS")), lambda idle: idle)
         await settled_stock(nc, sku, 4)
         assert (await client.get_order(nc, order_id))["status"] == "CANCELLED"  # type: ignore[index]
         assert await subject_count(js, "ORDERS", f"orders.confirmed.{order_id}") == 0

@@ -10,7 +10,7 @@ import nats
 
 from shared import client
 from shared.harness import SERVICES, NatsServer, System, free_port
-from tests.conftest import poll, unique
+from tests.conftest import consumers_idle, poll, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_stock
 
 ITEM_PRICE = 250
@@ -67,22 +67,13 @@ async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_p
             svc.start()
         assert await client.balance(nc, customer) == 10_000 - 5 * ITEM_PRICE
         # Everything was acknowledged before the stop: after the restart, no event is seen again.
-        await poll(lambda: _all_consumers_idle(nc), lambda idle: idle)
+        await poll(lambda: consumers_idle(nc.jetstream()), lambda idle: idle)
         for svc in system.services.values():
             seen = [json.loads(line)["event"] for line in svc.log_since_start().splitlines() if line.startswith("{")]
             assert "event.processed" not in seen and "event.duplicate_skipped" not in seen, svc.name
         await nc.close()
     finally:
         system.stop()
-
-
-async def _all_consumers_idle(nc: nats.aio.client.Client) -> bool:
-    js = nc.jetstream()
-    for stream in ("ORDERS", "PAYMENTS", "INVENTORY"):
-        for info in await js.consumers_info(stream):
-            if info.num_pending or info.num_ack_pending:
-                return False
-    return True
 
 
 async def test_every_log_line_is_json_with_service_event_type_order_id_and_event_id(tmp_path: Path) -> None:

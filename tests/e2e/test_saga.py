@@ -8,7 +8,7 @@ from nats.aio.client import Client
 
 from shared import client
 from shared.harness import System
-from tests.conftest import poll, stream_messages, subject_count, unique
+from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
@@ -150,16 +150,11 @@ async def test_cancel_request_for_a_confirmed_order_changes_nothing(nc: Client) 
     await client.place_order(js, order_id, customer, [item(sku, 1, 400)])
     assert (await client.wait_until_terminal(nc, order_id))["status"] == "CONFIRMED"
     await client.cancel_order(js, order_id)
-    await poll(lambda: _consumer_idle(nc), lambda idle: idle)
+    await poll(lambda: consumers_idle(js), lambda idle: idle)
     assert (await client.get_order(nc, order_id))["status"] == "CONFIRMED"  # type: ignore[index]
     assert await subject_count(js, "ORDERS", f"orders.cancelled.{order_id}") == 0
     await settled_balance(nc, customer, 600)
     await settled_stock(nc, sku, 1)
-
-
-async def _consumer_idle(nc: Client) -> bool:
-    info = await nc.jetstream().consumer_info("ORDERS", "order_svc-orders")
-    return (info.num_pending, info.num_ack_pending) == (0, 0)
 
 
 async def test_queries_answer_errors_as_json(nc: Client, system: System) -> None:

