@@ -57,9 +57,7 @@ async def save_stock(tx: aiosqlite.Connection, items: Iterable[Stock]) -> None:
 
 
 async def add_order_lines(tx: aiosqlite.Connection, order_id: str, lines: dict[str, int]) -> None:
-    await tx.execute(
-        "INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, json.dumps(lines))
-    )
+    await tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, json.dumps(lines)))
 
 
 async def get_order_lines(conn: aiosqlite.Connection, order_id: str) -> dict[str, int] | None:

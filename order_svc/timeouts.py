@@ -9,6 +9,7 @@ import structlog
 
 from order_svc import domain, repository
 from shared import outbox
+from shared.aio import sleep_unless_stopped
 from shared.service import ServiceContext
 
 log = structlog.get_logger("order_svc.timeouts")
@@ -49,7 +50,4 @@ async def run_timeouts(ctx: ServiceContext, stop: asyncio.Event) -> None:
             await cancel_timed_out(ctx)
         except Exception as exc:  # a locked store: try again next tick
             log.warning("timeouts.sweep_failed", error=repr(exc))
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+        await sleep_unless_stopped(stop, interval)

@@ -28,7 +28,9 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def deposit(req: Deposit) -> dict[str, Any]:
         # Committed before the reply: a client that got an answer can rely on the balance.
         async with ctx.store.transaction() as tx:
-            account = domain.deposit(await repository.get_account(tx, req.customer_id), req.customer_id, req.amount_cents)
+            account = domain.deposit(
+                await repository.get_account(tx, req.customer_id), req.customer_id, req.amount_cents
+            )
             await repository.save_account(tx, account)
             await repository.record_deposit(tx, req.customer_id, req.amount_cents)
         return {"customer_id": account.customer_id, "balance_cents": account.balance_cents}

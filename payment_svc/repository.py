@@ -49,7 +49,9 @@ async def get_payment(conn: aiosqlite.Connection, order_id: str) -> Payment | No
         row = await cursor.fetchone()
     if row is None:
         return None
-    return Payment(row["order_id"], row["customer_id"], row["amount_cents"], PaymentStatus(row["status"]), row["reason"])
+    return Payment(
+        row["order_id"], row["customer_id"], row["amount_cents"], PaymentStatus(row["status"]), row["reason"]
+    )
 
 
 async def save_payment(tx: aiosqlite.Connection, payment: Payment) -> None:
@@ -57,7 +59,14 @@ async def save_payment(tx: aiosqlite.Connection, payment: Payment) -> None:
         "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET"
         " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at",
-        (payment.order_id, payment.customer_id, payment.amount_cents, payment.status.value, payment.reason, time.time()),
+        (
+            payment.order_id,
+            payment.customer_id,
+            payment.amount_cents,
+            payment.status.value,
+            payment.reason,
+            time.time(),
+        ),
     )
 
 

@@ -43,21 +43,30 @@ def order_request(order_id: str, customer_id: str, items: list[dict[str, Any]]) 
     """(subject, body, event_id) of an ``orders.requested`` event."""
     event_id = new_event_id()
     data = {"customer_id": customer_id, "items": items}
-    return event_subject(EventType.ORDERS_REQUESTED, order_id), envelope_bytes(
-        EventType.ORDERS_REQUESTED, order_id, data, event_id
-    ), event_id
+    return (
+        event_subject(EventType.ORDERS_REQUESTED, order_id),
+        envelope_bytes(EventType.ORDERS_REQUESTED, order_id, data, event_id),
+        event_id,
+    )
 
 
 def cancel_request(order_id: str) -> tuple[str, bytes, str]:
     """(subject, body, event_id) of an ``orders.cancel_requested`` event."""
     event_id = new_event_id()
-    return event_subject(EventType.ORDERS_CANCEL_REQUESTED, order_id), envelope_bytes(
-        EventType.ORDERS_CANCEL_REQUESTED, order_id, {}, event_id
-    ), event_id
+    return (
+        event_subject(EventType.ORDERS_CANCEL_REQUESTED, order_id),
+        envelope_bytes(EventType.ORDERS_CANCEL_REQUESTED, order_id, {}, event_id),
+        event_id,
+    )
 
 
 async def publish_event(
-    js: JetStreamContext, event_type: str, order_id: str, data: dict[str, Any], *, event_id: str | None = None,
+    js: JetStreamContext,
+    event_type: str,
+    order_id: str,
+    data: dict[str, Any],
+    *,
+    event_id: str | None = None,
     msg_id: str | None = None,
 ) -> str:
     """Publish a client event; the Nats-Msg-Id defaults to the event_id. Returns the event_id."""

@@ -14,9 +14,9 @@ savepoint, so one message that fails rolls back only itself. The ack policy live
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 import nats.errors
@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import inbox, outbox
+from shared.aio import sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
 from shared.jetstream import ensure_consumer
 from shared.outbox import MSG_ID_HEADER, Relay
@@ -42,16 +43,18 @@ class RetryLater(Exception):
     endless loop; with the default 10 deliveries that is about 90 s of waiting."""
 
 
-class Handler(Protocol):
-    async def __call__(self, tx: aiosqlite.Connection, envelope: Envelope, data: Any) -> list[Event]: ...
+DataT = TypeVar("DataT", bound=EventData)
+
+Handler = Callable[[aiosqlite.Connection, Envelope, DataT], Awaitable[list[Event]]]
+"""Load, decide (domain), save; return the events to add to the outbox."""
 
 
 @dataclass(frozen=True)
-class Route:
+class Route(Generic[DataT]):
     """How one event type is handled: the model its ``data`` must match, and the handler."""
 
-    data_model: type[EventData]
-    handler: Handler
+    data_model: type[DataT]
+    handler: Handler[DataT]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class ConsumerSpec:
     """One durable consumer of a service: a stream and the event types it routes."""
 
     stream: Stream
-    routes: Mapping[str, Route]
+    routes: Mapping[str, Route[Any]]
 
     @property
     def filter_subjects(self) -> list[str]:
@@ -98,7 +101,7 @@ Outcome = Processed | Duplicate | DeadLetter | Retry
 class Decoded:
     msg: Msg
     envelope: Envelope
-    route: Route
+    route: Route[Any]
     data: EventData
     outcome: Outcome | None = field(default=None)
 
@@ -164,10 +167,7 @@ class Consumer:
             except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
                 failures += 1
                 log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=min(0.2 * 2**failures, 5.0))
-                except TimeoutError:
-                    pass
+                await sleep_unless_stopped(stop, min(0.2 * 2**failures, 5.0))
                 continue
             failures = 0
             await self.process_batch(msgs)
@@ -214,9 +214,7 @@ class Consumer:
 
     async def _apply_one(self, tx: aiosqlite.Connection, item: Decoded) -> Outcome:
         env = item.envelope
-        with structlog.contextvars.bound_contextvars(
-            event_type=env.type, order_id=env.order_id, event_id=env.event_id
-        ):
+        with structlog.contextvars.bound_contextvars(event_type=env.type, order_id=env.order_id, event_id=env.event_id):
             try:
                 async with savepoint(tx):
                     if not await inbox.record(tx, env):

@@ -40,14 +40,20 @@ class DemoOrder:
 
 DEMO_ORDERS = [
     DemoOrder("happy", "alice", [{"sku": "widget", "quantity": 2, "unit_price_cents": 1250}], "CONFIRMED"),
-    DemoOrder("poor", "bob", [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}],
-              "CANCELLED insufficient_funds"),
-    DemoOrder("stranger", "carol", [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}],
-              "CANCELLED unknown_customer"),
-    DemoOrder("greedy", "alice", [{"sku": "gadget", "quantity": 5, "unit_price_cents": 999}],
-              "CANCELLED out_of_stock"),
-    DemoOrder("changed-mind", "alice", [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}],
-              "CANCELLED requested", cancel=True),
+    DemoOrder(
+        "poor", "bob", [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}], "CANCELLED insufficient_funds"
+    ),
+    DemoOrder(
+        "stranger", "carol", [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}], "CANCELLED unknown_customer"
+    ),
+    DemoOrder("greedy", "alice", [{"sku": "gadget", "quantity": 5, "unit_price_cents": 999}], "CANCELLED out_of_stock"),
+    DemoOrder(
+        "changed-mind",
+        "alice",
+        [{"sku": "widget", "quantity": 1, "unit_price_cents": 1250}],
+        "CANCELLED requested",
+        cancel=True,
+    ),
 ]
 
 
@@ -161,10 +167,16 @@ async def demo(system: System, once: bool) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saga-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("./data"), help="where the store, SQLite files and logs go")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("./data"), help="where the store, SQLite files and logs go"
+    )
     parser.add_argument("--nats-url", help="use this NATS server instead of starting the embedded one")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"embedded server port (default {DEFAULT_PORT}; a free one if that is taken)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"embedded server port (default {DEFAULT_PORT}; a free one if that is taken)",
+    )
     parser.add_argument("--once", action="store_true", help="exit after the demo orders instead of waiting for Ctrl-C")
     args = parser.parse_args(argv)
 

@@ -25,9 +25,7 @@ async def record(conn: aiosqlite.Connection, envelope: Envelope) -> bool:
     )
     if cursor.rowcount == 1:
         return True
-    async with conn.execute(
-        "SELECT event_type, order_id FROM inbox WHERE event_id = ?", (envelope.event_id,)
-    ) as rows:
+    async with conn.execute("SELECT event_type, order_id FROM inbox WHERE event_id = ?", (envelope.event_id,)) as rows:
         seen = await rows.fetchone()
     if seen is not None and (seen["event_type"], seen["order_id"]) != (envelope.type, envelope.order_id):
         raise BadMessage(

@@ -55,9 +55,7 @@ def durable_name(service: str, stream: Stream) -> str:
     return f"{service}-{stream.value.lower()}"
 
 
-async def ensure_consumer(
-    js: JetStreamContext, service: str, stream: Stream, filter_subjects: Sequence[str]
-) -> str:
+async def ensure_consumer(js: JetStreamContext, service: str, stream: Stream, filter_subjects: Sequence[str]) -> str:
     """Create or update the service's durable pull consumer on ``stream``; return its name."""
     name = durable_name(service, stream)
     config = ConsumerConfig(

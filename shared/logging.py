@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ import structlog
 EVENT_KEYS = ("event_type", "order_id", "event_id")
 
 
-def _ensure_event_keys(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _ensure_event_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in EVENT_KEYS:
         event_dict.setdefault(key, None)
     return event_dict

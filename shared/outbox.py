@@ -16,6 +16,7 @@ import aiosqlite
 import structlog
 from nats.js import JetStreamContext
 
+from shared.aio import sleep_unless_stopped, wait_any
 from shared.envelope import Envelope
 from shared.store import Store
 
@@ -73,11 +74,11 @@ class Relay:
             except Exception as exc:  # NATS away, timeouts: the rows stay and are retried.
                 failures += 1
                 log.warning("outbox.publish_failed", error=repr(exc), attempt=failures)
-                await _wait(stop, min(0.2 * 2**failures, 5.0))
+                await sleep_unless_stopped(stop, min(0.2 * 2**failures, 5.0))
                 continue
             if sent == 0:
                 self._wakeup.clear()
-                await _wait_any(stop, self._wakeup, self._idle_poll_s)
+                await wait_any(stop, self._wakeup, timeout=self._idle_poll_s)
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
@@ -97,7 +98,9 @@ class Relay:
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)
         for future in pending:
             future.cancel()
-        published_ids = [row["id"] for row, fut in zip(rows, futures, strict=True) if fut in done and not fut.exception()]
+        published_ids = [
+            row["id"] for row, fut in zip(rows, futures, strict=True) if fut in done and not fut.exception()
+        ]
         if published_ids:
             async with self._store.transaction() as tx:
                 await tx.executemany(
@@ -117,19 +120,3 @@ class Relay:
         async with self._store.reader.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-
-
-async def _wait_any(stop: asyncio.Event, other: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(other.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

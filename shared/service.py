@@ -7,6 +7,7 @@ the acks, close the store, exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -17,7 +18,8 @@ import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.micro import ServiceConfig, add_service
+from nats.micro import add_service
+from nats.micro.service import ServiceConfig
 
 from shared.api import Endpoint
 from shared.consumer import Consumer, ConsumerSpec
@@ -29,7 +31,7 @@ from shared.store import Store
 
 log = structlog.get_logger("service")
 
-SHUTDOWN_FLUSH_S = 3.0
+SHUTDOWN_FLUSH_S = 3
 """How long shutdown waits for the outbox to empty before leaving the rest for the next start."""
 
 
@@ -83,10 +85,9 @@ async def serve(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        # Not possible off the main thread (e.g. a service run in-process by a test).
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (e.g. in-process tests)
-            pass
 
     store = await Store.open(
         settings.db_path,

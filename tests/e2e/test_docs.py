@@ -60,12 +60,24 @@ def test_every_inbound_event_type_and_request_is_documented() -> None:
     published = {parse_pub(argv)[0].rsplit(".", 1)[0] for argv in lines if argv[1] == "pub"}
     requested = {argv[2] for argv in lines if argv[1] == "req"}
     assert {
-        "orders.requested", "orders.cancel_requested", "orders.created", "orders.cancelled", "orders.confirmed",
-        "orders.rejected", "payments.completed", "payments.failed", "payments.refunded", "inventory.reserved",
-        "inventory.failed", "inventory.released",
+        "orders.requested",
+        "orders.cancel_requested",
+        "orders.created",
+        "orders.cancelled",
+        "orders.confirmed",
+        "orders.rejected",
+        "payments.completed",
+        "payments.failed",
+        "payments.refunded",
+        "inventory.reserved",
+        "inventory.failed",
+        "inventory.released",
     } <= published
     assert requested == {
-        "api.payments.deposit", "api.payments.account", "api.inventory.restock", "api.inventory.stock",
+        "api.payments.deposit",
+        "api.payments.account",
+        "api.inventory.restock",
+        "api.inventory.stock",
         "api.orders.get",
     }
 
@@ -95,8 +107,9 @@ async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
             order = await client.wait_until_terminal(nc, order_id)
             assert (order["status"], order["reason"]) == (status, reason), order_id
         await poll(lambda: client.balance(nc, "doc-alice"), lambda b: b == 7_500)
-        await poll(lambda: client.stock(nc, "doc-widget"),
-                   lambda s: s == {"sku": "doc-widget", "available": 8, "reserved": 0})
+        await poll(
+            lambda: client.stock(nc, "doc-widget"), lambda s: s == {"sku": "doc-widget", "available": 8, "reserved": 0}
+        )
         assert await subject_count(js, "ORDERS", "orders.created.doc-order-1") == 1
         assert await subject_count(js, "PAYMENTS", "payments.completed.doc-order-1") == 1
 

@@ -23,15 +23,18 @@ async def test_services_started_before_nats_wait_for_it_and_then_serve(tmp_path:
     for name in reversed(SERVICES):
         system.add_service(name).start(wait=False)
     try:
-        await poll(_async(lambda: all('"nats.error"' in s.log_since_start() for s in system.services.values())),
-                   lambda ok: ok)
+        await poll(
+            _async(lambda: all('"nats.error"' in s.log_since_start() for s in system.services.values())), lambda ok: ok
+        )
         assert all(s.proc is not None and s.proc.poll() is None for s in system.services.values())
         system.server = NatsServer(tmp_path / "nats", port=port).start()
         for svc in system.services.values():
             svc.wait_started()
         nc = await nats.connect(system.nats_url)
         customer, sku, order_id = await new_customer(nc, 1_000), await new_sku(nc, 1), unique("o")
-        await client.place_order(nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 1}])
+        await client.place_order(
+            nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 1}]
+        )
         assert (await client.wait_until_terminal(nc, order_id))["status"] == "CONFIRMED"
         await nc.close()
     finally:
@@ -52,8 +55,9 @@ async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_p
         customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 10)
         orders = [unique("o") for _ in range(5)]
         for order_id in orders:
-            await client.place_order(nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1,
-                                                                           "unit_price_cents": ITEM_PRICE}])
+            await client.place_order(
+                nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": ITEM_PRICE}]
+            )
         for order_id in orders:
             assert (await client.wait_until_terminal(nc, order_id))["status"] == "CONFIRMED"
         await settled_stock(nc, sku, 5)
@@ -81,7 +85,9 @@ async def test_every_log_line_is_json_with_service_event_type_order_id_and_event
     try:
         nc = await nats.connect(system.nats_url)
         customer, sku, order_id = await new_customer(nc, 1_000), await new_sku(nc, 1), unique("o")
-        await client.place_order(nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 5}])
+        await client.place_order(
+            nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 5}]
+        )
         await client.wait_until_terminal(nc, order_id)
         await settled_stock(nc, sku, 0)
         await nc.close()

@@ -15,7 +15,11 @@ def test_demo_command_runs_the_system_and_every_demo_order_ends_as_expected(tmp_
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     done = subprocess.run(
         [str(ROOT / "run"), "demo", "--once", "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
@@ -34,7 +38,10 @@ def test_compose_file_is_valid_and_runs_nats_with_jetstream_and_the_three_servic
     compose = Path(sys.executable).parent / "docker-compose"
     done = subprocess.run(
         [str(compose), "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
@@ -44,8 +51,11 @@ def test_compose_file_is_valid_and_runs_nats_with_jetstream_and_the_three_servic
     assert nats["image"].startswith("nats:")
     assert "--jetstream" in nats["command"]
     assert nats["healthcheck"]["test"][0] == "CMD"
-    for name, command in (("order_svc", "order-svc"), ("payment_svc", "payment-svc"),
-                          ("inventory_svc", "inventory-svc")):
+    for name, command in (
+        ("order_svc", "order-svc"),
+        ("payment_svc", "payment-svc"),
+        ("inventory_svc", "inventory-svc"),
+    ):
         svc = services[name]
         assert svc["build"]["context"] == str(ROOT)
         assert svc["command"] == [command]

@@ -53,7 +53,10 @@ async def test_order_cancelled_for_an_unknown_customer(nc: Client) -> None:
 
 async def test_order_cancelled_and_customer_refunded_when_stock_runs_out(nc: Client) -> None:
     customer, plenty, scarce, order_id = (
-        await new_customer(nc, 10_000), await new_sku(nc, 10), await new_sku(nc, 1), unique("o"),
+        await new_customer(nc, 10_000),
+        await new_sku(nc, 10),
+        await new_sku(nc, 1),
+        unique("o"),
     )
     js = nc.jetstream()
     await client.place_order(js, order_id, customer, [item(plenty, 3, 100), item(scarce, 2, 1000)])
@@ -82,15 +85,20 @@ async def test_same_event_published_three_times_with_different_msg_ids_charges_o
     js = nc.jetstream()
     event_id = unique("evt")
     for copy in range(3):
-        await client.place_order(js, order_id, customer, [item(sku, 2, 700)], event_id=event_id,
-                                 msg_id=f"{event_id}-{copy}")
+        await client.place_order(
+            js, order_id, customer, [item(sku, 2, 700)], event_id=event_id, msg_id=f"{event_id}-{copy}"
+        )
     assert await subject_count(js, "ORDERS", f"orders.requested.{order_id}") == 3
     order = await client.wait_until_terminal(nc, order_id)
     assert order["status"] == "CONFIRMED"
     await settled_balance(nc, customer, 8_600)
     await settled_stock(nc, sku, 8)
-    for subject in (f"orders.created.{order_id}", f"payments.completed.{order_id}",
-                    f"inventory.reserved.{order_id}", f"orders.confirmed.{order_id}"):
+    for subject in (
+        f"orders.created.{order_id}",
+        f"payments.completed.{order_id}",
+        f"inventory.reserved.{order_id}",
+        f"orders.confirmed.{order_id}",
+    ):
         assert await subject_count(js, subject.split(".")[0].upper(), subject) == 1, subject
     assert await subject_count(js, "ORDERS", f"orders.rejected.{order_id}") == 0
 
@@ -98,11 +106,12 @@ async def test_same_event_published_three_times_with_different_msg_ids_charges_o
 async def test_malformed_messages_are_dead_lettered_and_valid_orders_behind_them_confirm(nc: Client) -> None:
     customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 10)
     js = nc.jetstream()
+    junk = [unique("junk") for _ in range(3)]
     garbage = {
-        f"orders.requested.{unique('junk')}": b"\x00\xffnot json",
-        f"orders.requested.{unique('junk')}": b'{"event_id": "e", "type": "orders.requested"}',
-        f"orders.cancel_requested.{unique('junk')}": json.dumps(
-            {"event_id": unique("e"), "type": "orders.requested", "order_id": "x", "data": {}}
+        f"orders.requested.{junk[0]}": b"\x00\xffnot json",
+        f"orders.requested.{junk[1]}": b'{"event_id": "e", "type": "orders.requested"}',
+        f"orders.cancel_requested.{junk[2]}": json.dumps(
+            {"event_id": unique("e"), "type": "orders.requested", "order_id": junk[2], "data": {}}
         ).encode(),
     }
     for subject, raw in garbage.items():
@@ -132,9 +141,7 @@ async def test_duplicate_order_id_is_rejected_and_the_first_order_is_unchanged(n
     await client.place_order(js, order_id, customer, [item(sku, 1, 300)])
     first = await client.wait_until_terminal(nc, order_id)
     await client.place_order(js, order_id, customer, [item(sku, 5, 9999)])
-    rejected = await poll(
-        lambda: subject_count(js, "ORDERS", f"orders.rejected.{order_id}"), lambda n: n == 1
-    )
+    rejected = await poll(lambda: subject_count(js, "ORDERS", f"orders.rejected.{order_id}"), lambda n: n == 1)
     assert rejected == 1
     body = json.loads((await js.get_last_msg("ORDERS", f"orders.rejected.{order_id}")).data)
     assert body["data"] == {"reason": "duplicate_order_id"}

@@ -15,7 +15,11 @@ def body(**overrides: object) -> bytes:
 def test_valid_client_event_parses_without_occurred_at_or_causation() -> None:
     env = parse_envelope("orders.requested.o-1", body())
     assert (env.event_id, env.type, env.order_id, env.causation_id, env.occurred_at) == (
-        "e-1", "orders.requested", "o-1", None, None,
+        "e-1",
+        "orders.requested",
+        "o-1",
+        None,
+        None,
     )
 
 

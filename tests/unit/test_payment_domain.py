@@ -8,9 +8,7 @@ def test_charge_debits_once_and_emits_completed() -> None:
     payment, events = charge("o-1", "alice", 400, None, account)
     assert payment is not None and payment.status is PaymentStatus.CHARGED
     assert account.balance_cents == 600
-    assert [(e.type, e.data) for e in events] == [
-        ("payments.completed", {"customer_id": "alice", "amount_cents": 400})
-    ]
+    assert [(e.type, e.data) for e in events] == [("payments.completed", {"customer_id": "alice", "amount_cents": 400})]
     again, events = charge("o-1", "alice", 400, payment, account)
     assert (again, events, account.balance_cents) == (None, [], 600)
 
