@@ -188,7 +188,13 @@ class Consumer:
         final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
         if any(isinstance(o, Processed) and o.events for o in final):
             self._relay.wake()
-        await asyncio.gather(*(self.settle(msg, o) for msg, o in zip(msgs, final, strict=True)))
+        settled = await asyncio.gather(
+            *(self.settle(msg, o) for msg, o in zip(msgs, final, strict=True)), return_exceptions=True
+        )
+        for error in (e for e in settled if isinstance(e, BaseException)):
+            # NATS went away between commit and ack: the message comes back after ack_wait and
+            # the inbox recognises it, so nothing is lost or applied twice.
+            log.warning("consumer.settle_failed", consumer=self.name, error=repr(error))
         return final
 
     def _decode(self, msg: Msg) -> Decoded:

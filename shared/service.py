@@ -72,7 +72,7 @@ def main(definition: ServiceDefinition) -> None:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(definition.name, settings.log_format, settings.log_level)
-    asyncio.run(serve(definition, settings))
+    raise SystemExit(asyncio.run(serve(definition, settings)))
 
 
 async def serve(
@@ -80,8 +80,11 @@ async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
     started: asyncio.Event | None = None,
-) -> None:
-    """Run ``definition`` until ``stop`` is set (or a signal arrives); set ``started`` once serving."""
+) -> int:
+    """Run ``definition`` until ``stop`` is set (or a signal arrives); set ``started`` once serving.
+
+    Returns the process exit code: 0 after a requested stop, 1 if a worker died by itself.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,10 +99,11 @@ async def serve(
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
     )
     log.info("service.starting", nats_url=settings.nats_url, db=str(settings.db_path))
+    failed = False
     nc = await _connect(settings, stop)
     if nc is None:  # stopped before NATS was ever reachable
         await store.close()
-        return
+        return 0
     try:
         js = nc.jetstream()
         await ensure_streams(js)
@@ -135,14 +139,25 @@ async def serve(
         if started is not None:
             started.set()
 
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopping, relay_task, *work], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        crashed = [t for t in (relay_task, *work) if t.done()]
+        if crashed and not stop.is_set():
+            # A worker ended by itself: a bug. Exit non-zero so a supervisor restarts the
+            # process, rather than running on with a consumer or the relay missing.
+            for task in crashed:
+                error = "cancelled" if task.cancelled() else repr(task.exception())
+                log.critical("service.worker_died", task=task.get_name(), error=error)
+            stop.set()
+            failed = True
         log.info("service.stopping")
         # Consumers finish the batch in hand; nothing new is fetched.
         await asyncio.gather(*work, return_exceptions=True)
         await micro.stop()
         await _flush_outbox(relay)
         relay_stop.set()
-        await relay_task
+        await asyncio.gather(relay_task, return_exceptions=True)
     finally:
         # Not nc.drain(): it waits for pull subscriptions' queues, which fetch() never marks
         # done. Every message in hand is already settled, so flushing the acks is enough.
@@ -153,6 +168,7 @@ async def serve(
         await nc.close()
         await store.close()
     log.info("service.stopped")
+    return 1 if failed else 0
 
 
 async def _flush_outbox(relay: Relay) -> None:

@@ -208,3 +208,18 @@ async def test_event_id_reused_for_another_order_is_dead_lettered_not_dropped(
         assert dead.headers["Dlq-Original-Subject"] == f"orders.requested.{second}"
         assert await subject_count(js, "ORDERS", f"orders.created.{first}") == 1
         assert await subject_count(js, "ORDERS", f"orders.created.{second}") == 0
+
+
+async def test_service_exits_nonzero_when_a_worker_dies_instead_of_running_half_alive(
+    js: JetStreamContext, make_settings: Callable[..., Settings]
+) -> None:
+    import dataclasses
+
+    async def broken_background() -> None:
+        raise RuntimeError("a bug in a background task")
+
+    definition = dataclasses.replace(ORDER_SERVICE, background=lambda ctx, stop: [broken_background()])
+    settings = make_settings("order_svc")
+    from shared.service import serve
+
+    assert await asyncio.wait_for(serve(definition, settings), timeout=20) == 1

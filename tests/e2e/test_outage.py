@@ -1,0 +1,75 @@
+"""NATS killed with SIGKILL and brought back on the same store: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nats
+
+from shared import client
+from shared.harness import System
+from shared.jetstream import ACK_WAIT_S
+from tests.conftest import consumers_idle, poll, subject_count, unique
+from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
+
+
+def _outbox_pending(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0])
+
+
+async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_on_reconnect(tmp_path: Path) -> None:
+    system = System(tmp_path, service_env={"ORDER_TIMEOUT_S": "1"}).start()
+    assert system.server is not None
+    nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream()
+        customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 5)
+        assert system.services["payment_svc"].stop() == 0
+        order_id = unique("o")
+        await client.place_order(js, order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 300}])
+        await poll(lambda: client.get_order(nc, order_id), lambda o: o is not None and o["status"] == "PENDING")
+
+        system.server.kill()  # SIGKILL: no goodbye to anyone
+        # The timeout fires while NATS is away: its orders.cancelled waits in the outbox.
+        order_db = system.services["order_svc"].db_path
+        await poll(_async(lambda: _outbox_pending(order_db)), lambda n: n >= 1, timeout=15)
+        for name in ("order_svc", "inventory_svc"):
+            proc = system.services[name].proc
+            assert proc is not None and proc.poll() is None, f"{name} must stay up while NATS is down"
+
+        system.server.start()  # same port, same store
+        system.services["payment_svc"].start()
+        await poll(lambda: subject_count(js, "ORDERS", f"orders.cancelled.{order_id}"), lambda n: n == 1, timeout=30)
+        cancelled = json.loads((await js.get_last_msg("ORDERS", f"orders.cancelled.{order_id}")).data)
+        assert cancelled["data"] == {"reason": "timeout"}
+        await poll(_async(lambda: _outbox_pending(order_db)), lambda n: n == 0)
+
+        # payment_svc charged on orders.created, then refunded on orders.cancelled.
+        await settled_balance(nc, customer, 10_000)
+        await settled_stock(nc, sku, 5)
+        # And the system still works end to end after the outage.
+        second = unique("o")
+        await client.place_order(js, second, customer, [{"sku": sku, "quantity": 2, "unit_price_cents": 300}])
+        assert (await client.wait_until_terminal(nc, second, timeout=30))["status"] == "CONFIRMED"
+        await settled_balance(nc, customer, 9_400)
+        await settled_stock(nc, sku, 3)
+        # A SIGKILLed server may forget acks it got just before dying (it flushes consumer
+        # state lazily): it redelivers those after ack_wait, and the inboxes skip them.
+        await poll(lambda: consumers_idle(js), lambda idle: idle, timeout=ACK_WAIT_S + 30)
+        assert await subject_count(js, "PAYMENTS", f"payments.completed.{order_id}") == 1
+        assert await subject_count(js, "PAYMENTS", f"payments.refunded.{order_id}") == 1
+        assert await subject_count(js, "DLQ", "dlq.>") == 0
+    finally:
+        await nc.close()
+        system.stop()
+
+
+def _async(fn):  # type: ignore[no-untyped-def]
+    async def probe():  # type: ignore[no-untyped-def]
+        return fn()
+
+    return probe
