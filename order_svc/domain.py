@@ -28,6 +28,8 @@ class Order:
     total_cents: int
     status: OrderStatus
     created_at: float
+    request_event_id: str
+    """The event_id of the orders.requested that created this order."""
     reason: str | None = None
 
     def confirm(self) -> list[Event]:
@@ -50,10 +52,16 @@ class Order:
 
 
 def place_order(
-    order_id: str, request: OrderRequested, existing: Order | None, now: float
+    order_id: str, request_event_id: str, request: OrderRequested, existing: Order | None, now: float
 ) -> tuple[Order | None, list[Event]]:
-    """Create a PENDING order, or reject a request for an order_id that already exists."""
+    """Create a PENDING order, or reject a request for an order_id that already exists.
+
+    The very request that created the order, arriving again after the inbox forgot it, is
+    recognised by its event_id and changes nothing: it is not a second request.
+    """
     if existing is not None:
+        if existing.request_event_id == request_event_id:
+            return None, []
         return None, [Event(EventType.ORDERS_REJECTED, order_id, {"reason": DUPLICATE_ORDER_ID})]
     total = sum(item.quantity * item.unit_price_cents for item in request.items)
     order = Order(
@@ -63,6 +71,7 @@ def place_order(
         total_cents=total,
         status=OrderStatus.PENDING,
         created_at=now,
+        request_event_id=request_event_id,
     )
     created = {
         "customer_id": order.customer_id,

@@ -18,11 +18,13 @@ log = structlog.get_logger("order_svc")
 
 async def on_orders_requested(tx: aiosqlite.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
     existing = await repository.get(tx, env.order_id)
-    order, events = domain.place_order(env.order_id, data, existing, now=time.time())
+    order, events = domain.place_order(env.order_id, env.event_id, data, existing, now=time.time())
     if order is not None:
         await repository.add(tx, order)
-    else:
+    elif events:
         log.warning("order.rejected", reason=domain.DUPLICATE_ORDER_ID)
+    else:
+        log.info("order.same_request_again")
     return events
 
 

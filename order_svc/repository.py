@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS orders (
     status      TEXT NOT NULL,
     reason      TEXT,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    request_event_id TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE status = 'PENDING';
 """
@@ -33,6 +34,7 @@ def _from_row(row: aiosqlite.Row) -> Order:
         total_cents=row["total_cents"],
         status=OrderStatus(row["status"]),
         created_at=row["created_at"],
+        request_event_id=row["request_event_id"],
         reason=row["reason"],
     )
 
@@ -45,8 +47,8 @@ async def get(conn: aiosqlite.Connection, order_id: str) -> Order | None:
 
 async def add(tx: aiosqlite.Connection, order: Order) -> None:
     await tx.execute(
-        "INSERT INTO orders(order_id, customer_id, items, total_cents, status, reason, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO orders(order_id, customer_id, items, total_cents, status, reason, created_at, updated_at,"
+        " request_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             order.order_id,
             order.customer_id,
@@ -56,6 +58,7 @@ async def add(tx: aiosqlite.Connection, order: Order) -> None:
             order.reason,
             order.created_at,
             time.time(),
+            order.request_event_id,
         ),
     )
 

@@ -26,6 +26,7 @@ from shared.consumer import Consumer, ConsumerSpec
 from shared.jetstream import ensure_streams
 from shared.logging import configure_logging
 from shared.outbox import Relay
+from shared.retention import check_retention, run_pruning
 from shared.settings import Settings, SettingsError
 from shared.store import Store
 
@@ -68,6 +69,7 @@ def main(definition: ServiceDefinition) -> None:
     """Console entry point: read settings once, run until SIGTERM/SIGINT, exit 0."""
     try:
         settings = Settings.from_env(definition.name)
+        check_retention(settings)
     except SettingsError as exc:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -135,6 +137,7 @@ async def serve(
         relay_task = asyncio.create_task(relay.run(relay_stop), name="relay")
         work = [asyncio.create_task(c.run(stop), name=f"consumer:{c.name}") for c in consumers]
         work += [asyncio.create_task(coro, name="background") for coro in definition.background(ctx, stop)]
+        work.append(asyncio.create_task(run_pruning(store, settings, stop), name="pruning"))
         log.info("service.started", consumers=[c.name for c in consumers])
         if started is not None:
             started.set()

@@ -76,6 +76,15 @@ class Settings:
     max_deliveries: int = 10
     """``MAX_DELIVERIES``: a message whose handler still fails after this many deliveries is dead-lettered."""
 
+    inbox_retention_s: float = 86_400.0
+    """``INBOX_RETENTION_S``: how long a processed event_id is remembered (see docs/operations.md)."""
+
+    outbox_retention_s: float = 86_400.0
+    """``OUTBOX_RETENTION_S``: how long a published event is kept, for ``saga-audit --repair`` to re-send."""
+
+    prune_interval_s: float = 60.0
+    """``PRUNE_INTERVAL_S``: how often old inbox and outbox rows are deleted."""
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / f"{self.service}.sqlite3"
@@ -96,4 +105,7 @@ class Settings:
             sqlite_busy_timeout_ms=_env_int("SQLITE_BUSY_TIMEOUT_MS", cls.sqlite_busy_timeout_ms, minimum=0),
             fetch_batch=_env_int("FETCH_BATCH", cls.fetch_batch, minimum=1),
             max_deliveries=_env_int("MAX_DELIVERIES", cls.max_deliveries, minimum=1),
+            inbox_retention_s=_env_float("INBOX_RETENTION_S", cls.inbox_retention_s, minimum=0),
+            outbox_retention_s=_env_float("OUTBOX_RETENTION_S", cls.outbox_retention_s, minimum=0),
+            prune_interval_s=_env_float("PRUNE_INTERVAL_S", cls.prune_interval_s, minimum=0.1),
         )

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     order_id    TEXT NOT NULL,
     received_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox(received_at);
 CREATE TABLE IF NOT EXISTS outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id     TEXT NOT NULL UNIQUE,

@@ -8,13 +8,13 @@ def request(*lines: tuple[str, int, int]) -> OrderRequested:
 
 
 def pending(order_id: str = "o-1") -> Order:
-    order, _ = place_order(order_id, request(("sku", 1, 100)), None, now=1000.0)
+    order, _ = place_order(order_id, "req-1", request(("sku", 1, 100)), None, now=1000.0)
     assert order is not None
     return order
 
 
 def test_new_order_is_pending_and_emits_created_with_total() -> None:
-    order, events = place_order("o-1", request(("a", 2, 1250), ("b", 1, 99)), None, now=0.0)
+    order, events = place_order("o-1", "req-1", request(("a", 2, 1250), ("b", 1, 99)), None, now=0.0)
     assert order is not None and order.status is OrderStatus.PENDING
     assert order.total_cents == 2599
     assert [(e.type, e.order_id) for e in events] == [("orders.created", "o-1")]
@@ -25,7 +25,7 @@ def test_new_order_is_pending_and_emits_created_with_total() -> None:
 
 def test_request_for_existing_order_id_is_rejected_and_changes_nothing() -> None:
     existing = pending()
-    order, events = place_order("o-1", request(("other", 9, 9)), existing, now=5.0)
+    order, events = place_order("o-1", "req-2", request(("other", 9, 9)), existing, now=5.0)
     assert order is None
     assert [(e.type, e.data) for e in events] == [("orders.rejected", {"reason": "duplicate_order_id"})]
     assert existing.status is OrderStatus.PENDING and existing.total_cents == 100
@@ -70,3 +70,10 @@ def test_timeout_applies_only_to_pending_orders_past_the_deadline() -> None:
     assert order.timed_out(now=1030.0, timeout_s=30)
     order.confirm()
     assert not order.timed_out(now=5000.0, timeout_s=30)
+
+
+def test_the_creating_request_arriving_again_is_not_a_duplicate_order_id() -> None:
+    existing = pending()
+    order, events = place_order("o-1", "req-1", request(("sku", 1, 100)), existing, now=99_999.0)
+    assert (order, events) == (None, [])
+    assert existing.status is OrderStatus.PENDING

@@ -1,0 +1,99 @@
+"""Bounded storage: old inbox entries and published outbox rows are pruned on a schedule.
+
+Why the inbox may forget: a consumer needs an event_id only as long as a duplicate of that
+event can still reach it. A duplicate comes either as a second copy in the stream (the stream's
+duplicate window drops copies with the same Nats-Msg-Id) or as a JetStream redelivery of an
+unacknowledged message, which stops after MAX_DELIVERIES deliveries spaced by the retry delays,
+each at most ACK_WAIT after the last. So the floor is
+
+    duplicate window + ACK_WAIT + sum of the retry delays over MAX_DELIVERIES deliveries
+
+(about 5 minutes with the defaults), and a service refuses to start with a shorter
+INBOX_RETENTION_S. Past the floor, a very late copy (a client re-sending a day-old event, a
+server that lost its ack state during a long outage) meets the second line: every handler is a
+state machine keyed by order_id that refuses to apply a step twice (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from shared.aio import sleep_unless_stopped
+from shared.consumer import retry_delay_s
+from shared.jetstream import ACK_WAIT_S, DUPLICATE_WINDOW_S
+from shared.settings import Settings, SettingsError
+from shared.store import Store
+
+log = structlog.get_logger("retention")
+
+PRUNE_CHUNK = 5_000
+"""Rows deleted per transaction, so pruning never holds the write lock for long."""
+
+
+def redelivery_horizon_s(max_deliveries: int) -> float:
+    """The longest JetStream can keep redelivering one message before the consumer gives up on it."""
+    return ACK_WAIT_S + sum(retry_delay_s(n) for n in range(1, max_deliveries + 1))
+
+
+def inbox_retention_floor_s(max_deliveries: int) -> float:
+    """The shortest safe INBOX_RETENTION_S (see the module docstring)."""
+    return DUPLICATE_WINDOW_S + redelivery_horizon_s(max_deliveries)
+
+
+def check_retention(settings: Settings) -> None:
+    """Refuse settings under which a duplicate could outlive its inbox entry."""
+    floor = inbox_retention_floor_s(settings.max_deliveries)
+    if settings.inbox_retention_s < floor:
+        raise SettingsError(
+            f"INBOX_RETENTION_S={settings.inbox_retention_s:g} is below the safe minimum {floor:g} s "
+            f"(duplicate window {DUPLICATE_WINDOW_S:g} s + redelivery horizon "
+            f"{redelivery_horizon_s(settings.max_deliveries):g} s for MAX_DELIVERIES={settings.max_deliveries})"
+        )
+
+
+async def prune(
+    store: Store, *, inbox_retention_s: float, outbox_retention_s: float, now: float | None = None
+) -> tuple[int, int]:
+    """Delete inbox entries and published outbox rows older than their retention; return the counts."""
+    now = time.time() if now is None else now
+    inbox_deleted = await _delete_in_chunks(
+        store,
+        "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE received_at < ? LIMIT ?)",
+        now - inbox_retention_s,
+    )
+    # Outbox ids grow with time, so the oldest rows come first in id order: no extra index.
+    outbox_deleted = await _delete_in_chunks(
+        store,
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL"
+        " AND published_at < ? ORDER BY id LIMIT ?)",
+        now - outbox_retention_s,
+    )
+    return inbox_deleted, outbox_deleted
+
+
+async def _delete_in_chunks(store: Store, sql: str, cutoff: float) -> int:
+    deleted = 0
+    while True:
+        async with store.transaction() as tx:
+            cursor = await tx.execute(sql, (cutoff, PRUNE_CHUNK))
+            count = cursor.rowcount
+        deleted += count
+        if count < PRUNE_CHUNK:
+            return deleted
+
+
+async def run_pruning(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+    """Prune every PRUNE_INTERVAL_S until ``stop``."""
+    while not await sleep_unless_stopped(stop, settings.prune_interval_s):
+        try:
+            inbox_deleted, outbox_deleted = await prune(
+                store, inbox_retention_s=settings.inbox_retention_s, outbox_retention_s=settings.outbox_retention_s
+            )
+        except Exception as exc:  # a locked store: next time
+            log.warning("retention.prune_failed", error=repr(exc))
+            continue
+        if inbox_deleted or outbox_deleted:
+            log.info("retention.pruned", inbox=inbox_deleted, outbox=outbox_deleted)

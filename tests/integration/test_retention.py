@@ -1,0 +1,88 @@
+"""Bounded storage: what pruning deletes, what it keeps, and that duplicates still change nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from order_svc.__main__ import ORDER_SERVICE
+from order_svc.repository import SCHEMA as ORDER_SCHEMA
+from shared.client import place_order
+from shared.envelope import Event
+from shared.outbox import add
+from shared.retention import inbox_retention_floor_s, prune
+from shared.settings import Settings
+from shared.store import Store
+from tests.conftest import poll, subject_count, unique
+from tests.integration.conftest import consumer_state, query, running
+
+ITEMS = [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}]
+DAY = 86_400.0
+
+
+async def test_prune_deletes_old_inbox_entries_and_old_published_outbox_rows_only(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.sqlite3", ORDER_SCHEMA)
+    now = time.time()
+    try:
+        async with store.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO inbox(event_id, event_type, order_id, received_at) VALUES (?, 'orders.requested', 'o', ?)",
+                [("old-1", now - 2 * DAY), ("old-2", now - 1.5 * DAY), ("fresh", now - 60)],
+            )
+            await add(tx, [Event("orders.created", f"o-{i}", {}).to_envelope(None) for i in range(4)])
+            # o-0: published long ago; o-1: published recently; o-2, o-3: never published.
+            await tx.execute(
+                "UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-0'", (now - 2 * DAY,)
+            )
+            await tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-1'", (now - 60,))
+            await tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-2'", (now - 3 * DAY,))
+        deleted = await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now)
+        assert deleted == (2, 1)
+    finally:
+        await store.close()
+    db = tmp_path / "s.sqlite3"
+    assert query(db, "SELECT event_id FROM inbox") == [("fresh",)]
+    # An unpublished row is never pruned, however old: it has not gone out yet.
+    assert query(db, "SELECT subject FROM outbox ORDER BY id") == [
+        ("orders.created.o-1",),
+        ("orders.created.o-2",),
+        ("orders.created.o-3",),
+    ]
+
+
+async def test_duplicate_inside_the_retention_window_changes_nothing_after_a_prune(
+    js: JetStreamContext, make_settings: Callable[..., Settings]
+) -> None:
+    order_id = unique("o")
+    async with running(ORDER_SERVICE, make_settings("order_svc")) as settings:
+        event_id = await place_order(js, order_id, "alice", ITEMS)
+        await poll(lambda: subject_count(js, "ORDERS", f"orders.created.{order_id}"), lambda n: n == 1)
+        # The schedule runs with the default retention: this entry is far inside it.
+        store = await Store.open(settings.db_path, ORDER_SCHEMA)
+        try:
+            assert await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY) == (0, 0)
+        finally:
+            await store.close()
+        await place_order(js, order_id, "alice", ITEMS, event_id=event_id, msg_id=unique("again"))
+        await poll(lambda: consumer_state(js, "ORDERS", "order_svc-orders"), lambda s: s[:2] == (0, 0))
+        assert query(settings.db_path, "SELECT count(*) FROM inbox WHERE event_id = ?", event_id) == [(1,)]
+    assert await subject_count(js, "ORDERS", f"orders.created.{order_id}") == 1
+    assert await subject_count(js, "ORDERS", f"orders.rejected.{order_id}") == 0
+
+
+def test_a_retention_below_the_safe_minimum_is_refused_at_start(tmp_path: Path) -> None:
+    floor = inbox_retention_floor_s(10)
+    done = subprocess.run(
+        [sys.executable, "-m", "payment_svc"],
+        env={"INBOX_RETENTION_S": str(floor - 1), "DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "INBOX_RETENTION_S" in done.stderr and "safe minimum" in done.stderr
