@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from inventory_svc import domain, repository
 from inventory_svc.domain import Stock
-from shared.api import ApiError, ApiRequest, Endpoint, json_endpoint
+from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
 from shared.contract import MAX_QUANTITY, Sku
 from shared.service import ServiceContext
-from shared.subjects import API_INVENTORY_RESTOCK, API_INVENTORY_STOCK
+from shared.subjects import (
+    API_INVENTORY_RESERVATIONS,
+    API_INVENTORY_RESTOCK,
+    API_INVENTORY_SKUS,
+    API_INVENTORY_STOCK,
+)
 
 MAX_RESTOCK = MAX_QUANTITY * 1000
 
@@ -45,7 +51,36 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
             raise ApiError("not_found", f"no sku {req.sku!r}")
         return _reply(found)
 
+    async def list_reservations(req: PageRequest) -> dict[str, Any]:
+        reservations, next_after = await page(
+            ctx.store.reader,
+            "SELECT order_id, status, lines, reason FROM reservations WHERE order_id > ? ORDER BY order_id LIMIT ?",
+            req,
+            "order_id",
+            lambda row: {
+                "order_id": row["order_id"],
+                "status": row["status"],
+                "reason": row["reason"],
+                "items": [{"sku": sku, "quantity": qty} for sku, qty in json.loads(row["lines"]).items()],
+            },
+        )
+        return {"reservations": reservations, "next": next_after}
+
+    async def list_skus(req: PageRequest) -> dict[str, Any]:
+        skus, next_after = await page(
+            ctx.store.reader,
+            "SELECT s.sku, s.available, s.reserved,"
+            " (SELECT COALESCE(SUM(r.quantity), 0) FROM restocks r WHERE r.sku = s.sku) AS restocked"
+            " FROM stock s WHERE s.sku > ? ORDER BY s.sku LIMIT ?",
+            req,
+            "sku",
+            dict,
+        )
+        return {"skus": skus, "next": next_after}
+
     return [
         json_endpoint("restock", API_INVENTORY_RESTOCK, Restock, restock),
         json_endpoint("stock", API_INVENTORY_STOCK, GetStock, stock),
+        json_endpoint("reservations", API_INVENTORY_RESERVATIONS, PageRequest, list_reservations),
+        json_endpoint("skus", API_INVENTORY_SKUS, PageRequest, list_skus),
     ]

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS restocks (
     quantity INTEGER NOT NULL,
     at       REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS restocks_by_sku ON restocks(sku);
 """
 
 

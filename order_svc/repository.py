@@ -26,7 +26,7 @@ CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE sta
 """
 
 
-def _from_row(row: aiosqlite.Row) -> Order:
+def from_row(row: aiosqlite.Row) -> Order:
     return Order(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -42,7 +42,7 @@ def _from_row(row: aiosqlite.Row) -> Order:
 async def get(conn: aiosqlite.Connection, order_id: str) -> Order | None:
     async with conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)) as cursor:
         row = await cursor.fetchone()
-    return _from_row(row) if row else None
+    return from_row(row) if row else None
 
 
 async def add(tx: aiosqlite.Connection, order: Order) -> None:
@@ -75,4 +75,4 @@ async def pending_older_than(conn: aiosqlite.Connection, cutoff: float, limit: i
         "SELECT * FROM orders WHERE status = 'PENDING' AND created_at <= ? ORDER BY created_at LIMIT ?",
         (cutoff, limit),
     ) as cursor:
-        return [_from_row(row) for row in await cursor.fetchall()]
+        return [from_row(row) for row in await cursor.fetchall()]

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from payment_svc import domain, repository
-from shared.api import ApiError, ApiRequest, Endpoint, json_endpoint
+from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
 from shared.contract import CustomerId
 from shared.service import ServiceContext
-from shared.subjects import API_PAYMENTS_ACCOUNT, API_PAYMENTS_DEPOSIT
+from shared.subjects import API_PAYMENTS_ACCOUNT, API_PAYMENTS_ACCOUNTS, API_PAYMENTS_DEPOSIT, API_PAYMENTS_LIST
 
 MAX_DEPOSIT_CENTS = 10**15
 
@@ -41,7 +41,32 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
             raise ApiError("not_found", f"no account {req.customer_id!r}")
         return {"customer_id": found.customer_id, "balance_cents": found.balance_cents}
 
+    async def list_payments(req: PageRequest) -> dict[str, Any]:
+        payments, next_after = await page(
+            ctx.store.reader,
+            "SELECT order_id, customer_id, amount_cents, status, reason FROM payments"
+            " WHERE order_id > ? ORDER BY order_id LIMIT ?",
+            req,
+            "order_id",
+            dict,
+        )
+        return {"payments": payments, "next": next_after}
+
+    async def list_accounts(req: PageRequest) -> dict[str, Any]:
+        accounts, next_after = await page(
+            ctx.store.reader,
+            "SELECT a.customer_id, a.balance_cents,"
+            " (SELECT COALESCE(SUM(d.amount_cents), 0) FROM deposits d WHERE d.customer_id = a.customer_id)"
+            " AS deposited_cents FROM accounts a WHERE a.customer_id > ? ORDER BY a.customer_id LIMIT ?",
+            req,
+            "customer_id",
+            dict,
+        )
+        return {"accounts": accounts, "next": next_after}
+
     return [
         json_endpoint("deposit", API_PAYMENTS_DEPOSIT, Deposit, deposit),
         json_endpoint("account", API_PAYMENTS_ACCOUNT, GetAccount, account),
+        json_endpoint("list", API_PAYMENTS_LIST, PageRequest, list_payments),
+        json_endpoint("accounts", API_PAYMENTS_ACCOUNTS, PageRequest, list_accounts),
     ]

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS deposits (
     amount_cents INTEGER NOT NULL,
     at           REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS deposits_by_customer ON deposits(customer_id);
 """
 
 

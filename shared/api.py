@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import aiosqlite
 import structlog
 from nats.micro.request import Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = structlog.get_logger("api")
 
@@ -37,6 +38,32 @@ class ApiRequest(BaseModel):
 
 
 ReqT = TypeVar("ReqT", bound=ApiRequest)
+
+MAX_PAGE = 1000
+
+
+class PageRequest(ApiRequest):
+    """Keyset paging: ``after`` is the last key of the previous page (null for the first)."""
+
+    after: str | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 500
+
+
+class RepublishRequest(ApiRequest):
+    """Send again the events this service emitted about ``order_id`` of ``type`` (repair)."""
+
+    order_id: str
+    type: str
+
+
+async def page(
+    conn: aiosqlite.Connection, sql: str, request: PageRequest, key: str, row_to_dict: Callable[[Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run ``sql`` (which takes ``(after, limit)`` and orders by ``key``); return items and the next cursor."""
+    async with conn.execute(sql, (request.after or "", request.limit)) as cursor:
+        rows = [row_to_dict(row) for row in await cursor.fetchall()]
+    next_after = rows[-1][key] if len(rows) == request.limit else None
+    return rows, next_after
 
 
 @dataclass(frozen=True)

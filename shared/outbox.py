@@ -36,6 +36,21 @@ async def add(conn: aiosqlite.Connection, envelopes: Sequence[Envelope]) -> None
     )
 
 
+def msg_id(row: aiosqlite.Row) -> str:
+    """The Nats-Msg-Id of an outbox row: its event_id, plus a suffix on an operator's re-send."""
+    event_id: str = row["event_id"]
+    return event_id if not row["resends"] else f"{event_id}:resend:{row['resends']}"
+
+
+async def requeue(store: Store, subject: str) -> int:
+    """Send the events recorded on ``subject`` again (repair); return how many were queued."""
+    async with store.transaction() as tx:
+        cursor = await tx.execute(
+            "UPDATE outbox SET published_at = NULL, resends = resends + 1 WHERE subject = ?", (subject,)
+        )
+        return cursor.rowcount
+
+
 class RelayError(Exception):
     """Some publishes of a batch were not acknowledged; their rows stay pending."""
 
@@ -83,7 +98,7 @@ class Relay:
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
         async with self._store.reader.execute(
-            "SELECT id, event_id, subject, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
+            "SELECT id, event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
             (self._batch_size,),
         ) as cursor:
             rows = list(await cursor.fetchall())
@@ -92,7 +107,7 @@ class Relay:
         # Pipelined: every publish is on the wire before the first ack is awaited. One
         # connection keeps them in order, so the stream sees the outbox order.
         futures = [
-            await self._js.publish_async(row["subject"], row["payload"], headers={MSG_ID_HEADER: row["event_id"]})
+            await self._js.publish_async(row["subject"], row["payload"], headers={MSG_ID_HEADER: msg_id(row)})
             for row in rows
         ]
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)

@@ -21,14 +21,15 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
-from shared.api import Endpoint
+from shared.api import Endpoint, RepublishRequest, json_endpoint
 from shared.consumer import Consumer, ConsumerSpec
 from shared.jetstream import ensure_streams
 from shared.logging import configure_logging
-from shared.outbox import Relay
+from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
 from shared.settings import Settings, SettingsError
 from shared.store import Store
+from shared.subjects import event_subject
 
 log = structlog.get_logger("service")
 
@@ -130,7 +131,7 @@ async def serve(
             nc,
             ServiceConfig(name=definition.api_name, version=definition.version, description=definition.description),
         )
-        for endpoint in definition.endpoints(ctx):
+        for endpoint in [*definition.endpoints(ctx), _republish_endpoint(definition, store, relay)]:
             await micro.add_endpoint(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
 
         relay_stop = asyncio.Event()
@@ -172,6 +173,18 @@ async def serve(
         await store.close()
     log.info("service.stopped")
     return 1 if failed else 0
+
+
+def _republish_endpoint(definition: ServiceDefinition, store: Store, relay: Relay) -> Endpoint:
+    """``api.<name>.republish``: send again what this service emitted about an order (repair)."""
+
+    async def republish(req: RepublishRequest) -> dict[str, Any]:
+        queued = await requeue(store, event_subject(req.type, req.order_id))
+        relay.wake()
+        log.warning("outbox.requeued", order_id=req.order_id, event_type=req.type, rows=queued)
+        return {"order_id": req.order_id, "type": req.type, "republished": queued}
+
+    return json_endpoint("republish", f"api.{definition.api_name}.republish", RepublishRequest, republish)
 
 
 async def _flush_outbox(relay: Relay) -> None:

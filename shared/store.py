@@ -31,7 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     subject      TEXT NOT NULL,
     payload      BLOB NOT NULL,
     created_at   REAL NOT NULL,
-    published_at REAL
+    published_at REAL,
+    -- How often an operator re-queued this row (saga-audit --repair): each re-send goes out
+    -- under a fresh Nats-Msg-Id so the stream keeps it; the event_id, and so every
+    -- consumer's inbox decision, stays the same.
+    resends      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(id) WHERE published_at IS NULL;
 """

@@ -82,6 +82,11 @@ def dlq_subject(service: str) -> str:
 
 # Request/reply API subjects (NATS micro services).
 API_ORDERS_GET = "api.orders.get"
+API_ORDERS_LIST = "api.orders.list"
+API_PAYMENTS_LIST = "api.payments.list"
+API_PAYMENTS_ACCOUNTS = "api.payments.accounts"
+API_INVENTORY_RESERVATIONS = "api.inventory.reservations"
+API_INVENTORY_SKUS = "api.inventory.skus"
 API_PAYMENTS_DEPOSIT = "api.payments.deposit"
 API_PAYMENTS_ACCOUNT = "api.payments.account"
 API_INVENTORY_RESTOCK = "api.inventory.restock"
