@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -162,7 +161,7 @@ class Consumer:
         while not stop.is_set():
             try:
                 msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
                 continue
             except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
                 failures += 1

@@ -90,9 +90,7 @@ class NatsServer:
     def start(self, timeout: float = 20.0) -> NatsServer:
         config = self.workdir / "nats-server.conf"
         sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
-        config.write_text(
-            f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.workdir / "jetstream"}"{sync}\n}}\n'
-        )
+        config.write_text(f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.workdir}"{sync}\n}}\n')
         if self.log_path.exists():
             self.log_path.rename(self.log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
         with open(self.log_path, "wb") as log:
