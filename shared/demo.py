@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -178,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"embedded server port (default {DEFAULT_PORT}; a free one if that is taken)",
     )
     parser.add_argument("--once", action="store_true", help="exit after the demo orders instead of waiting for Ctrl-C")
+    parser.add_argument(
+        "--nats-sync",
+        default=os.environ.get("NATS_SYNC_INTERVAL", "always"),
+        help="embedded server's JetStream sync_interval: 'always' (default: fsync before every ack) or a "
+        "duration such as '2m' (the server's own default); env NATS_SYNC_INTERVAL. See docs/operations.md",
+    )
     args = parser.parse_args(argv)
 
     system = System(args.data_dir.resolve(), nats_url=args.nats_url)
@@ -185,9 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if system.nats_url is None:
             port = args.port if port_is_free(args.port) else free_port()
-            system.server = NatsServer(system.workdir / "nats", port=port).start()
+            system.server = NatsServer(system.workdir / "nats", port=port, sync_interval=args.nats_sync).start()
             system.nats_url = system.server.url
-            print(f"saga-demo: nats-server with JetStream at {system.nats_url} (store {system.server.workdir})")
+            print(
+                f"saga-demo: nats-server with JetStream at {system.nats_url} "
+                f"(store {system.server.workdir}, sync {args.nats_sync})"
+            )
         for name in ("order_svc", "payment_svc", "inventory_svc"):
             svc = system.add_service(name).start()
             print(f"saga-demo: {name:<14} pid {svc.proc.pid if svc.proc else '?':<7} log {svc.log_path}")

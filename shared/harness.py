@@ -72,7 +72,9 @@ class NatsServer:
     workdir: Path
     port: int = 0
     sync_interval: str | None = None
-    """JetStream's ``sync_interval`` (e.g. ``always``); None keeps the server's default."""
+    """JetStream's ``sync_interval``: ``always`` fsyncs every write before it is acknowledged; a
+    duration (the server's default is ``2m``) fsyncs that often. None keeps the server's default.
+    See docs/operations.md, "Durability"."""
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -211,9 +213,9 @@ class System:
     server: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
-    def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
+    def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0, nats_sync: str | None = None) -> System:
         if self.nats_url is None:
-            self.server = NatsServer(self.workdir / "nats", port=server_port).start()
+            self.server = NatsServer(self.workdir / "nats", port=server_port, sync_interval=nats_sync).start()
             self.nats_url = self.server.url
         for name in names:
             self.add_service(name).start()

@@ -18,6 +18,7 @@ from tests.conftest import consumers_idle, poll, stream_messages, subject_count
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "events.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 KNOWN_VERBS = {"pub", "req", "sub", "stream", "micro"}
 
 
@@ -56,7 +57,7 @@ def test_readme_nats_lines_are_the_documented_ones() -> None:
 
 
 def test_every_inbound_event_type_and_request_is_documented() -> None:
-    lines = nats_lines(DOCS)
+    lines = nats_lines(DOCS) + nats_lines(OPERATIONS)
     published = {parse_pub(argv)[0].rsplit(".", 1)[0] for argv in lines if argv[1] == "pub"}
     requested = {argv[2] for argv in lines if argv[1] == "req"}
     assert {
@@ -79,6 +80,12 @@ def test_every_inbound_event_type_and_request_is_documented() -> None:
         "api.inventory.restock",
         "api.inventory.stock",
         "api.orders.get",
+        "api.orders.list",
+        "api.payments.list",
+        "api.payments.accounts",
+        "api.inventory.reservations",
+        "api.inventory.skus",
+        "api.orders.republish",
     }
 
 
@@ -87,7 +94,7 @@ async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
     try:
         nc = await nats.connect(system.nats_url)
         js = nc.jetstream()
-        for argv in nats_lines(DOCS):
+        for argv in nats_lines(DOCS) + nats_lines(OPERATIONS):
             if argv[1] == "pub":
                 subject, body, headers = parse_pub(argv)
                 await js.publish(subject, body, headers=headers or None)
