@@ -24,7 +24,7 @@ async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: Order
 async def on_payments_completed(tx: aiosqlite.Connection, env: Envelope, data: PaymentCompleted) -> list[Event]:
     existing = await repository.get_reservation(tx, env.order_id)
     if existing is not None:
-        log.info("reservation.skipped", status=existing.status.value)
+        log.debug("reservation.skipped", status=existing.status.value)
         return []
     lines = await repository.get_order_lines(tx, env.order_id)
     if lines is None:
@@ -38,7 +38,7 @@ async def on_payments_completed(tx: aiosqlite.Connection, env: Envelope, data: P
     if reservation.status is domain.ReservationStatus.RESERVED:
         await repository.save_stock(tx, [s for s in stock.values() if s is not None])
     await repository.save_reservation(tx, reservation)
-    log.info("reservation.decided", status=reservation.status.value, reason=reservation.reason)
+    log.debug("reservation.decided", status=reservation.status.value, reason=reservation.reason)
     return events
 
 
@@ -50,7 +50,7 @@ async def on_orders_confirmed(tx: aiosqlite.Connection, env: Envelope, data: Ord
         assert reservation is not None
         await repository.save_stock(tx, present.values())
         await repository.save_reservation(tx, reservation)
-        log.info("reservation.committed")
+        log.debug("reservation.committed")
     else:
         log.warning("reservation.commit_skipped", status=reservation.status.value if reservation else None)
     return []
@@ -62,12 +62,12 @@ async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: Ord
     present = {sku: s for sku, s in stock.items() if s is not None}
     reservation, events = domain.release(env.order_id, data.reason, existing, present)
     if reservation is None:
-        log.info("reservation.release_skipped", status=existing.status.value if existing else None)
+        log.debug("reservation.release_skipped", status=existing.status.value if existing else None)
         return []
     if reservation.status is domain.ReservationStatus.RELEASED:
         await repository.save_stock(tx, present.values())
     await repository.save_reservation(tx, reservation)
-    log.info("reservation.compensated", status=reservation.status.value)
+    log.debug("reservation.compensated", status=reservation.status.value)
     return events
 
 

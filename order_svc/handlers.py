@@ -24,7 +24,7 @@ async def on_orders_requested(tx: aiosqlite.Connection, env: Envelope, data: Ord
     elif events:
         log.warning("order.rejected", reason=domain.DUPLICATE_ORDER_ID)
     else:
-        log.info("order.same_request_again")
+        log.debug("order.same_request_again")
     return events
 
 
@@ -37,7 +37,7 @@ async def _cancel(tx: aiosqlite.Connection, order_id: str, reason: str) -> list[
     if events:
         await repository.save_status(tx, order)
     else:
-        log.info("order.cancel_ignored", status=order.status.value)
+        log.debug("order.cancel_ignored", status=order.status.value)
     return events
 
 
@@ -66,7 +66,7 @@ async def on_inventory_reserved(tx: aiosqlite.Connection, env: Envelope, data: I
     else:
         # Cancelled while the reservation was in flight: it stays cancelled, and the
         # orders.cancelled already emitted makes inventory give the stock back.
-        log.info("order.confirm_ignored", status=order.status.value)
+        log.debug("order.confirm_ignored", status=order.status.value)
     return events
 
 

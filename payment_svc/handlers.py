@@ -19,12 +19,12 @@ async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: Order
     account = await repository.get_account(tx, data.customer_id)
     payment, events = domain.charge(env.order_id, data.customer_id, data.total_cents, existing, account)
     if payment is None:
-        log.info("payment.charge_skipped", status=existing.status.value if existing else None)
+        log.debug("payment.charge_skipped", status=existing.status.value if existing else None)
         return []
     if payment.status is domain.PaymentStatus.CHARGED and account is not None:
         await repository.save_account(tx, account)
     await repository.save_payment(tx, payment)
-    log.info("payment.decided", status=payment.status.value, amount_cents=payment.amount_cents, reason=payment.reason)
+    log.debug("payment.decided", status=payment.status.value, amount_cents=payment.amount_cents, reason=payment.reason)
     return events
 
 
@@ -33,12 +33,12 @@ async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: Ord
     account = await repository.get_account(tx, existing.customer_id) if existing else None
     payment, events = domain.compensate(env.order_id, data.reason, existing, account)
     if payment is None:
-        log.info("payment.compensation_skipped", status=existing.status.value if existing else None)
+        log.debug("payment.compensation_skipped", status=existing.status.value if existing else None)
         return []
     if payment.status is domain.PaymentStatus.REFUNDED and account is not None:
         await repository.save_account(tx, account)
     await repository.save_payment(tx, payment)
-    log.info("payment.compensated", status=payment.status.value, amount_cents=payment.amount_cents)
+    log.debug("payment.compensated", status=payment.status.value, amount_cents=payment.amount_cents)
     return events
 
 

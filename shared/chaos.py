@@ -447,17 +447,18 @@ async def run(args: argparse.Namespace) -> int:
         f"saga-chaos: seed {args.seed}, {args.duration:g}s at {args.rate:g} orders/s, "
         f"order timeout {args.order_timeout:g}s, nats sync {args.nats_sync or 'default'}, workdir {workdir}"
     )
-    await asyncio.to_thread(system.server.start)
-    system.nats_url = system.server.url
-    for name in SERVICES:
-        await asyncio.to_thread(system.add_service(name).start)
     ledger = Ledger()
 
     async def quiet(exc: Exception) -> None:  # the NATS outage is on purpose
         pass
 
-    nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
+    nc: Client | None = None
     try:
+        await asyncio.to_thread(system.server.start)
+        system.nats_url = system.server.url
+        for name in SERVICES:
+            await asyncio.to_thread(system.add_service(name).start)
+        nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
         await seed(nc, ledger)
         await Duplicator(nc, ledger, random.Random(rng.random())).start()
         faults = plan_faults(rng, args.duration, args.kills, args.order_timeout)
@@ -481,7 +482,8 @@ async def run(args: argparse.Namespace) -> int:
         print_table(ledger, checks, outcomes, {"load and faults": load_s, "settling": settle_s})
         return 0 if all(c.ok for c in checks) else 1
     finally:
-        await nc.close()
+        if nc is not None:
+            await nc.close()
         await asyncio.to_thread(system.stop)
 
 

@@ -223,7 +223,7 @@ class Consumer:
             try:
                 async with savepoint(tx):
                     if not await inbox.record(tx, env):
-                        log.info("event.duplicate_skipped")
+                        log.debug("event.duplicate_skipped")
                         return Duplicate()
                     events = await item.route.handler(tx, env, item.data)
                     await outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
@@ -236,7 +236,7 @@ class Consumer:
                 transient = is_transient_db_error(exc)
                 log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
                 return Retry(transient=transient, error=repr(exc))
-            log.info("event.processed", emitted=[e.type for e in events])
+            log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(events)
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:

@@ -122,6 +122,9 @@ class ServiceProcess:
     nats_url: str
     data_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
+    module: str = ""
+    """The module to run (``python -m``); defaults to ``name``."""
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _log_offset: int = 0
@@ -148,7 +151,7 @@ class ServiceProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.name],
+                [sys.executable, "-m", self.module or self.name, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

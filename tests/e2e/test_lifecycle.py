@@ -49,7 +49,8 @@ def _async(fn):  # type: ignore[no-untyped-def]
 
 
 async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_path: Path) -> None:
-    system = System(tmp_path).start()
+    # DEBUG, so every event a service handles leaves a line to look for after the restart.
+    system = System(tmp_path, service_env={"LOG_LEVEL": "DEBUG"}).start()
     try:
         nc = await nats.connect(system.nats_url)
         customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 10)
@@ -73,6 +74,8 @@ async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_p
         # Everything was acknowledged before the stop: after the restart, no event is seen again.
         await poll(lambda: consumers_idle(nc.jetstream()), lambda idle: idle)
         for svc in system.services.values():
+            before = [json.loads(line)["event"] for line in svc.log_path.read_text().splitlines()]
+            assert "event.processed" in before, svc.name  # the probe can see what it looks for
             seen = [json.loads(line)["event"] for line in svc.log_since_start().splitlines() if line.startswith("{")]
             assert "event.processed" not in seen and "event.duplicate_skipped" not in seen, svc.name
         await nc.close()
@@ -81,7 +84,7 @@ async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_p
 
 
 async def test_every_log_line_is_json_with_service_event_type_order_id_and_event_id(tmp_path: Path) -> None:
-    system = System(tmp_path).start()
+    system = System(tmp_path, service_env={"LOG_LEVEL": "DEBUG"}).start()
     try:
         nc = await nats.connect(system.nats_url)
         customer, sku, order_id = await new_customer(nc, 1_000), await new_sku(nc, 1), unique("o")

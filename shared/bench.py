@@ -1,0 +1,389 @@
+"""``saga-bench``: end-to-end throughput and latency of real processes, with their production settings.
+
+    saga-bench --burst 20000                 # publish N orders as fast as possible
+    saga-bench --rate 1000 --duration 30     # offer R orders/s for S seconds, open loop
+    saga-bench --burst 20000 --floor         # also run bare relays (no store, no dedup, no
+                                             # outbox) on the same load: the guarantees' cost
+
+Latency is end to end: from publishing ``orders.requested`` to seeing that order's
+``orders.confirmed`` or ``orders.cancelled``. The default mix is about 80% orders that confirm
+and 20% that fail for funds or stock (``--all-success`` for none). Every order's outcome is
+checked against what it should be: a fast wrong answer is not a result.
+
+It prints throughput, latency percentiles, events/s, outcomes, CPU % and peak RSS per process,
+and writes a JSON result and a PNG chart (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from shared import client
+from shared.aio import sleep_unless_stopped
+from shared.harness import SERVICES, NatsServer, ServiceProcess
+from shared.subjects import Stream
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FLOOR_ROLES = ("order", "payment", "inventory")
+
+
+# --- processes and their resources ------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    cpu_at_start: float = 0.0
+
+
+# --- the load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Order:
+    order_id: str
+    expected: str
+    published_at: float = 0.0
+    done_at: float = 0.0
+    outcome: str = ""
+
+
+def make_orders(n: int, all_success: bool, rng: random.Random, prefix: str) -> list[Order]:
+    orders = []
+    for i in range(n):
+        roll = rng.random()
+        kind = "confirm" if all_success or roll < 0.8 else ("funds" if roll < 0.9 else "stock")
+        expected = {"confirm": "CONFIRMED", "funds": "CANCELLED insufficient_funds", "stock": "CANCELLED out_of_stock"}[
+            kind
+        ]
+        orders.append(Order(f"{prefix}-{i:07d}-{kind}", expected))
+    return orders
+
+
+def order_body(order: Order, rng: random.Random) -> tuple[str, bytes, str]:
+    kind = order.order_id.rsplit("-", 1)[1]
+    customer = f"poor-{rng.randrange(10)}" if kind == "funds" else f"rich-{rng.randrange(100)}"
+    sku = f"scarce-{rng.randrange(10)}" if kind == "stock" else f"plenty-{rng.randrange(100)}"
+    quantity = 1_000 if kind == "stock" else rng.randint(1, 3)
+    return client.order_request(
+        order.order_id, customer, [{"sku": sku, "quantity": quantity, "unit_price_cents": rng.randint(100, 5_000)}]
+    )
+
+
+async def seed(nc: Client) -> None:
+    """Customers and stock enough for 1,000,000 orders, plus the ones that must fail."""
+    calls = [client.deposit(nc, f"rich-{i}", 10**13) for i in range(100)]
+    calls += [client.deposit(nc, f"poor-{i}", 1) for i in range(10)]
+    calls += [client.restock(nc, f"plenty-{i}", 10**8) for i in range(100)]
+    calls += [client.restock(nc, f"scarce-{i}", 1) for i in range(10)]
+    await asyncio.gather(*calls)
+
+
+class Tracker:
+    """Watches orders.confirmed / orders.cancelled and timestamps each order's end."""
+
+    def __init__(self, orders: dict[str, Order]) -> None:
+        self.orders = orders
+        self.done = 0
+        self.finished = asyncio.Event()
+
+    async def on_outcome(self, msg: Msg) -> None:
+        order = self.orders.get(msg.subject.rsplit(".", 1)[1])
+        if order is None or order.done_at:
+            return
+        order.done_at = time.monotonic()
+        if msg.subject.startswith("orders.confirmed."):
+            order.outcome = "CONFIRMED"
+        else:
+            order.outcome = f"CANCELLED {json.loads(msg.data)['data']['reason']}"
+        self.done += 1
+        if self.done == len(self.orders):
+            self.finished.set()
+
+
+async def offer(nc: Client, orders: list[Order], rate: float | None, rng: random.Random) -> None:
+    """Publish every order: as fast as acks allow (burst) or on an open-loop schedule (rate)."""
+    js = nc.jetstream()
+    acks: list[asyncio.Future[Any]] = []
+    started = time.monotonic()
+    for i, order in enumerate(orders):
+        if rate:
+            # Open loop: order i is due at i / rate, whatever happened to the ones before.
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        subject, body, event_id = order_body(order, rng)
+        order.published_at = time.monotonic()
+        acks.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": event_id}))
+        if len(acks) >= 2_000:  # bound what is in flight, not the schedule
+            await asyncio.gather(*acks)
+            acks.clear()
+    await asyncio.gather(*acks)
+
+
+async def progress(tracker: Tracker, total: int, stop: asyncio.Event) -> None:
+    began = time.monotonic()
+    while not stop.is_set():
+        done = tracker.done
+        width = 40
+        filled = int(width * done / total) if total else width
+        rate = done / max(time.monotonic() - began, 1e-9)
+        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done:>7}/{total} sagas  {rate:7.0f}/s ")
+        sys.stderr.flush()
+        await sleep_unless_stopped(stop, 0.5)
+    sys.stderr.write("\n")
+
+
+# --- one measured run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    orders: int
+    sagas_per_s: float
+    latency_ms: dict[str, float]
+    events_per_s: float
+    outcomes: dict[str, int]
+    wrong_outcomes: int
+    processes: dict[str, dict[str, float]]
+    elapsed_s: float
+    timeline: list[dict[str, float]] = field(default_factory=list)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def timeline(orders: list[Order], start: float) -> list[dict[str, float]]:
+    """Per second since the start: sagas completed, and the latency percentiles of those."""
+    buckets: dict[int, list[float]] = {}
+    for o in orders:
+        if o.done_at:
+            buckets.setdefault(int(o.done_at - start), []).append((o.done_at - o.published_at) * 1000)
+    out = []
+    for second in sorted(buckets):
+        lat = sorted(buckets[second])
+        out.append(
+            {"t": second, "sagas": len(lat), "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": lat[-1]}
+        )
+    return out
+
+
+async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
+    workdir = Path(tempfile.mkdtemp(prefix=f"saga-bench-{label}-"))
+    server = NatsServer(workdir / "nats", sync_interval=args.nats_sync)
+    env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level}
+    if floor:
+        services = [
+            ServiceProcess(f"floor-{r}", server.url, workdir, env, module="shared.floor", args=(r,))
+            for r in FLOOR_ROLES
+        ]
+    else:
+        services = [ServiceProcess(name, server.url, workdir, env) for name in SERVICES]
+    nc: Client | None = None
+    try:
+        await asyncio.to_thread(server.start)
+        for svc in services:
+            svc.start(wait=False)
+        for svc in services:
+            await asyncio.to_thread(svc.wait_started)
+        assert server.proc is not None
+        procs = [Proc("nats-server", server.proc.pid)] + [Proc(s.name, s.proc.pid) for s in services if s.proc]
+        nc = await nats.connect(server.url)
+        if not floor:
+            await seed(nc)
+        rng = random.Random(args.seed)
+        count = args.burst or int(args.rate * args.duration)
+        orders = make_orders(count, args.all_success, rng, label)
+        by_id = {o.order_id: o for o in orders}
+        tracker = Tracker(by_id)
+        await nc.subscribe("orders.confirmed.*", cb=tracker.on_outcome)
+        await nc.subscribe("orders.cancelled.*", cb=tracker.on_outcome)
+        await nc.flush()
+        js = nc.jetstream()
+        events_before = sum(
+            [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
+        )
+        for p in procs:
+            p.cpu_at_start = cpu_seconds(p.pid)
+        print(
+            f"{label}: {count} orders, {'burst' if args.burst else f'{args.rate:g}/s for {args.duration:g}s'}"
+            f"{', all succeed' if args.all_success else ', default mix'}",
+            file=sys.stderr,
+        )
+        stop_progress = asyncio.Event()
+        bar = asyncio.create_task(progress(tracker, count, stop_progress))
+        start = time.monotonic()
+        await offer(nc, orders, None if args.burst else args.rate, random.Random(args.seed))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tracker.finished.wait(), timeout=args.deadline)
+        end = max((o.done_at for o in orders if o.done_at), default=time.monotonic())
+        elapsed = max(end - start, 1e-9)
+        stop_progress.set()
+        await bar
+        cpu = {p.name: (cpu_seconds(p.pid) - p.cpu_at_start) / elapsed * 100 for p in procs}
+        events_after = sum(
+            [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
+        )
+        latencies = sorted((o.done_at - o.published_at) * 1000 for o in orders if o.done_at)
+        outcomes = Counter(o.outcome or "not finished" for o in orders)
+        wrong = sum(1 for o in orders if (floor is False and o.outcome != o.expected) or (floor and not o.done_at))
+        return Result(
+            label=label,
+            orders=count,
+            sagas_per_s=tracker.done / elapsed,
+            latency_ms={q: percentile(latencies, v) for q, v in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+            events_per_s=(events_after - events_before) / elapsed,
+            outcomes=dict(outcomes),
+            wrong_outcomes=wrong,
+            processes={p.name: {"cpu_percent": cpu[p.name], "peak_rss_mb": peak_rss_mb(p.pid)} for p in procs},
+            elapsed_s=elapsed,
+            timeline=timeline(orders, start),
+        )
+    finally:
+        if nc is not None:
+            await nc.close()
+        for svc in services:
+            await asyncio.to_thread(svc.stop)
+        await asyncio.to_thread(server.stop)
+
+
+# --- reporting --------------------------------------------------------------------------------------
+
+
+def print_result(result: Result) -> None:
+    lat = result.latency_ms
+    print(f"\n== {result.label}: {result.orders} orders in {result.elapsed_s:.1f}s ==")
+    print(f"  completed sagas/s   {result.sagas_per_s:10.0f}")
+    print(f"  events/s            {result.events_per_s:10.0f}")
+    print(
+        f"  latency ms          p50 {lat['p50']:.1f}   p95 {lat['p95']:.1f}   p99 {lat['p99']:.1f}   "
+        f"max {lat['max']:.1f}"
+    )
+    print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
+    print(f"  {'process':<20} {'CPU %':>7} {'peak RSS MB':>12}")
+    for name, usage in result.processes.items():
+        print(f"  {name:<20} {usage['cpu_percent']:7.0f} {usage['peak_rss_mb']:12.1f}")
+
+
+def write_chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for result in results:
+        t = [b["t"] for b in result.timeline]
+        bottom.plot(t, [b["sagas"] for b in result.timeline], marker=".", label=f"{result.label} sagas/s")
+        if result.label != "floor":
+            for q, style in (("p50", "-"), ("p99", "--"), ("max", ":")):
+                top.plot(t, [b[q] for b in result.timeline], style, marker=".", label=f"{result.label} {q}")
+    top.set_ylabel("end-to-end latency (ms)")
+    top.set_yscale("log")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_ylabel("completed sagas per second")
+    bottom.set_xlabel("seconds since the first order")
+    bottom.legend(loc="upper left", fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.suptitle("saga-bench: latency percentiles and throughput over time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, summary: dict[str, Any], results: list[Result]) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path, png_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
+    json_path.write_text(json.dumps(summary, indent=2))
+    write_chart(results, png_path)
+    return json_path, png_path
+
+
+async def run(args: argparse.Namespace) -> int:
+    results = []
+    if args.floor:
+        floor = await measure(args, "floor", floor=True)
+        print_result(floor)
+        results.append(floor)
+    saga = await measure(args, "saga", floor=False)
+    print_result(saga)
+    results.append(saga)
+    summary: dict[str, Any] = {"args": vars(args), "results": [asdict(r) for r in results]}
+    if args.floor:
+        summary["floor_ratio"] = saga.sagas_per_s / results[0].sagas_per_s
+        print(f"\n  saga / floor        {summary['floor_ratio']:10.2f}   (the cost of the guarantees)")
+    json_path, png_path = await asyncio.to_thread(write_outputs, Path(args.out), summary, results)
+    print(f"\n  wrote {json_path} and {png_path}")
+    failed = [r for r in results if r.wrong_outcomes]
+    for r in failed:
+        print(
+            f"\nsaga-bench: FAILED: {r.wrong_outcomes} of {r.orders} orders in {r.label} did not reach "
+            f"their expected outcome: {r.outcomes}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saga-bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    load = parser.add_mutually_exclusive_group(required=True)
+    load.add_argument("--burst", type=int, help="publish N orders as fast as possible")
+    load.add_argument("--rate", type=float, help="orders per second, open loop (with --duration)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds, with --rate (default 30)")
+    parser.add_argument("--all-success", action="store_true", help="every order confirms (default: ~80%%)")
+    parser.add_argument("--floor", action="store_true", help="also measure bare relays and print the ratio")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--nats-sync", default="always", help="the server's sync_interval (default: always)")
+    parser.add_argument(
+        "--order-timeout",
+        type=float,
+        default=300.0,
+        help="ORDER_TIMEOUT_S: long, so a slow run is measured, not cancelled",
+    )
+    parser.add_argument("--log-level", default="INFO", help="the services' LOG_LEVEL (default INFO, as in production)")
+    parser.add_argument("--deadline", type=float, default=600.0, help="give up waiting after this many seconds")
+    parser.add_argument("--out", default="bench-results", help="where the JSON and PNG go")
+    args = parser.parse_args(argv)
+    raise SystemExit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

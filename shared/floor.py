@@ -1,0 +1,125 @@
+"""Bare relays for ``saga-bench --floor``: the same hops as the saga with none of its guarantees.
+
+``python -m shared.floor order|payment|inventory`` consumes the same subjects as the real
+service, decodes each message the same way, publishes the next event the same way (pipelined,
+``Nats-Msg-Id`` set) and acks — with no store, no dedup, no outbox, no compensation records. The
+decisions follow the benchmark's naming: a ``poor-`` customer cannot pay, a ``scarce-`` sku is
+out of stock. inventory keeps each order's items in a dict (what the real one keeps in SQLite),
+because payments.completed does not carry them. The gap between this and the real services is
+the cost of the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from shared.consumer import ConsumerSpec
+from shared.envelope import BadMessage, Envelope, Event, parse_envelope
+from shared.jetstream import ensure_consumer, ensure_streams
+from shared.subjects import EventType
+
+Decide = Callable[[Envelope], list[Event]]
+
+
+def _order(env: Envelope) -> list[Event]:
+    match env.type:
+        case EventType.ORDERS_REQUESTED:
+            items = env.data["items"]
+            total = sum(i["quantity"] * i["unit_price_cents"] for i in items)
+            data = {"customer_id": env.data["customer_id"], "items": items, "total_cents": total}
+            return [Event(EventType.ORDERS_CREATED, env.order_id, data)]
+        case EventType.INVENTORY_RESERVED:
+            return [Event(EventType.ORDERS_CONFIRMED, env.order_id, {"total_cents": 0})]
+        case EventType.PAYMENTS_FAILED | EventType.INVENTORY_FAILED:
+            return [Event(EventType.ORDERS_CANCELLED, env.order_id, {"reason": env.data["reason"]})]
+    return []
+
+
+def _payment(env: Envelope) -> list[Event]:
+    if env.type != EventType.ORDERS_CREATED:
+        return []
+    customer = env.data["customer_id"]
+    if customer.startswith("poor-"):
+        return [Event(EventType.PAYMENTS_FAILED, env.order_id, {"reason": "insufficient_funds"})]
+    data = {"customer_id": customer, "amount_cents": env.data["total_cents"]}
+    return [Event(EventType.PAYMENTS_COMPLETED, env.order_id, data)]
+
+
+def _inventory() -> Decide:
+    lines: dict[str, list[dict[str, Any]]] = {}
+
+    def decide(env: Envelope) -> list[Event]:
+        if env.type == EventType.ORDERS_CREATED:
+            lines[env.order_id] = [{"sku": i["sku"], "quantity": i["quantity"]} for i in env.data["items"]]
+            return []
+        if env.type != EventType.PAYMENTS_COMPLETED:
+            lines.pop(env.order_id, None)
+            return []
+        items = lines.pop(env.order_id, [])
+        scarce = next((i["sku"] for i in items if i["sku"].startswith("scarce-")), None)
+        if scarce:
+            return [Event(EventType.INVENTORY_FAILED, env.order_id, {"reason": "out_of_stock", "sku": scarce})]
+        return [Event(EventType.INVENTORY_RESERVED, env.order_id, {"items": items})]
+
+    return decide
+
+
+async def relay(js: JetStreamContext, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event) -> None:
+    durable = await ensure_consumer(js, f"floor_{name}", spec.stream, spec.filter_subjects)
+    sub = await js.pull_subscribe_bind(durable, stream=spec.stream.value)
+    while not stop.is_set():
+        try:
+            msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
+        except TimeoutError:
+            continue
+        futures = []
+        for msg in msgs:
+            try:
+                env = parse_envelope(msg.subject, msg.data)
+            except BadMessage:
+                continue
+            for event in decide(env):
+                out = event.to_envelope(causation_id=env.event_id)
+                futures.append(
+                    await js.publish_async(out.subject, out.to_bytes(), headers={"Nats-Msg-Id": out.event_id})
+                )
+        if futures:
+            await asyncio.gather(*futures)
+        for msg in msgs:
+            await msg.ack()
+
+
+async def main_async(role: str) -> None:
+    from inventory_svc.handlers import CONSUMERS as INVENTORY_CONSUMERS
+    from order_svc.handlers import CONSUMERS as ORDER_CONSUMERS
+    from payment_svc.handlers import CONSUMERS as PAYMENT_CONSUMERS
+
+    roles: dict[str, tuple[list[ConsumerSpec], Decide]] = {
+        "order": (ORDER_CONSUMERS, _order),
+        "payment": (PAYMENT_CONSUMERS, _payment),
+        "inventory": (INVENTORY_CONSUMERS, _inventory()),
+    }
+    specs, decide = roles[role]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    tasks = [asyncio.create_task(relay(js, f"{role}_{i}", spec, decide, stop)) for i, spec in enumerate(specs)]
+    print('{"event": "service.started"}', flush=True)
+    await asyncio.gather(*tasks)
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main_async(sys.argv[1]))

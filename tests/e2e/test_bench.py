@@ -1,0 +1,31 @@
+"""The tiny bench: the command runs end to end and checks its own outcomes. No timing asserts:
+speed is measured by the benchmark, not by tests (docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_chart(tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "saga-bench"
+    done = subprocess.run(
+        [str(cli), "--burst", "300", "--floor", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [result_file] = tmp_path.glob("bench-*.json")
+    [chart] = tmp_path.glob("bench-*.png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads(result_file.read_text())
+    floor, saga = summary["results"]
+    assert (floor["label"], saga["label"]) == ("floor", "saga")
+    for result in (floor, saga):
+        assert result["orders"] == 300 and result["wrong_outcomes"] == 0
+        assert sum(result["outcomes"].values()) == 300 and "not finished" not in result["outcomes"]
+        assert set(result["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert set(saga["processes"]) == {"nats-server", "order_svc", "payment_svc", "inventory_svc"}
+    assert saga["outcomes"]["CONFIRMED"] > 200  # the default mix: about 80%
+    assert summary["floor_ratio"] > 0
+    assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout
