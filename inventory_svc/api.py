@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -38,22 +40,24 @@ def _reply(stock: Stock) -> dict[str, Any]:
 def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def restock(req: Restock) -> dict[str, Any]:
         # Committed before the reply: a client that got an answer can rely on the stock.
-        async with ctx.store.transaction() as tx:
-            current = (await repository.get_stock(tx, [req.sku]))[req.sku]
-            stock = domain.restock(current, req.sku, req.quantity)
-            await repository.save_stock(tx, [stock])
-            await repository.record_restock(tx, req.sku, req.quantity)
+        def apply(tx: sqlite3.Connection) -> Stock:
+            stock = domain.restock(repository.get_stock(tx, [req.sku])[req.sku], req.sku, req.quantity)
+            repository.save_stock(tx, [stock])
+            repository.record_restock(tx, req.sku, req.quantity)
+            return stock
+
+        stock = await ctx.store.run(apply)
         return _reply(stock)
 
     async def stock(req: GetStock) -> dict[str, Any]:
-        found = (await repository.get_stock(ctx.store.reader, [req.sku]))[req.sku]
+        found = (await ctx.store.read(functools.partial(repository.get_stock, skus=[req.sku])))[req.sku]
         if found is None:
             raise ApiError("not_found", f"no sku {req.sku!r}")
         return _reply(found)
 
     async def list_reservations(req: PageRequest) -> dict[str, Any]:
         reservations, next_after = await page(
-            ctx.store.reader,
+            ctx.store,
             "SELECT order_id, status, lines, reason FROM reservations WHERE order_id > ? ORDER BY order_id LIMIT ?",
             req,
             "order_id",
@@ -68,7 +72,7 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
 
     async def list_skus(req: PageRequest) -> dict[str, Any]:
         skus, next_after = await page(
-            ctx.store.reader,
+            ctx.store,
             "SELECT s.sku, s.available, s.reserved,"
             " (SELECT COALESCE(SUM(r.quantity), 0) FROM restocks r WHERE r.sku = s.sku) AS restocked"
             " FROM stock s WHERE s.sku > ? ORDER BY s.sku LIMIT ?",

@@ -3,7 +3,8 @@ commit on orders.confirmed, release on orders.cancelled."""
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
+
 import structlog
 
 from inventory_svc import domain, repository
@@ -15,58 +16,58 @@ from shared.subjects import EventType, Stream
 log = structlog.get_logger("inventory_svc")
 
 
-async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
+def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
     lines = domain.order_lines([(item.sku, item.quantity) for item in data.items])
-    await repository.add_order_lines(tx, env.order_id, lines)
+    repository.add_order_lines(tx, env.order_id, lines)
     return []
 
 
-async def on_payments_completed(tx: aiosqlite.Connection, env: Envelope, data: PaymentCompleted) -> list[Event]:
-    existing = await repository.get_reservation(tx, env.order_id)
+def on_payments_completed(tx: sqlite3.Connection, env: Envelope, data: PaymentCompleted) -> list[Event]:
+    existing = repository.get_reservation(tx, env.order_id)
     if existing is not None:
         log.debug("reservation.skipped", status=existing.status.value)
         return []
-    lines = await repository.get_order_lines(tx, env.order_id)
+    lines = repository.get_order_lines(tx, env.order_id)
     if lines is None:
         # orders.created is always published before payments.completed, but on another
         # stream: it may not have reached us yet.
         raise RetryLater("waiting for orders.created")
-    stock = await repository.get_stock(tx, lines)
+    stock = repository.get_stock(tx, lines)
     reservation, events = domain.reserve(env.order_id, lines, existing, stock)
     if reservation is None:
         return []
     if reservation.status is domain.ReservationStatus.RESERVED:
-        await repository.save_stock(tx, [s for s in stock.values() if s is not None])
-    await repository.save_reservation(tx, reservation)
+        repository.save_stock(tx, [s for s in stock.values() if s is not None])
+    repository.save_reservation(tx, reservation)
     log.debug("reservation.decided", status=reservation.status.value, reason=reservation.reason)
     return events
 
 
-async def on_orders_confirmed(tx: aiosqlite.Connection, env: Envelope, data: OrderConfirmed) -> list[Event]:
-    reservation = await repository.get_reservation(tx, env.order_id)
-    stock = await repository.get_stock(tx, reservation.lines if reservation else {})
+def on_orders_confirmed(tx: sqlite3.Connection, env: Envelope, data: OrderConfirmed) -> list[Event]:
+    reservation = repository.get_reservation(tx, env.order_id)
+    stock = repository.get_stock(tx, reservation.lines if reservation else {})
     present = {sku: s for sku, s in stock.items() if s is not None}
     if domain.commit(reservation, present):
         assert reservation is not None
-        await repository.save_stock(tx, present.values())
-        await repository.save_reservation(tx, reservation)
+        repository.save_stock(tx, present.values())
+        repository.save_reservation(tx, reservation)
         log.debug("reservation.committed")
     else:
         log.warning("reservation.commit_skipped", status=reservation.status.value if reservation else None)
     return []
 
 
-async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
-    existing = await repository.get_reservation(tx, env.order_id)
-    stock = await repository.get_stock(tx, existing.lines if existing else {})
+def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
+    existing = repository.get_reservation(tx, env.order_id)
+    stock = repository.get_stock(tx, existing.lines if existing else {})
     present = {sku: s for sku, s in stock.items() if s is not None}
     reservation, events = domain.release(env.order_id, data.reason, existing, present)
     if reservation is None:
         log.debug("reservation.release_skipped", status=existing.status.value if existing else None)
         return []
     if reservation.status is domain.ReservationStatus.RELEASED:
-        await repository.save_stock(tx, present.values())
-    await repository.save_reservation(tx, reservation)
+        repository.save_stock(tx, present.values())
+    repository.save_reservation(tx, reservation)
     log.debug("reservation.compensated", status=reservation.status.value)
     return events
 

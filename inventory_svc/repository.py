@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable
-
-import aiosqlite
 
 from inventory_svc.domain import Reservation, ReservationStatus, Stock
 
@@ -38,45 +37,42 @@ CREATE INDEX IF NOT EXISTS restocks_by_sku ON restocks(sku);
 """
 
 
-async def get_stock(conn: aiosqlite.Connection, skus: Iterable[str]) -> dict[str, Stock | None]:
+def get_stock(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, Stock | None]:
     wanted = list(dict.fromkeys(skus))
     found: dict[str, Stock | None] = dict.fromkeys(wanted)
     if wanted:
         marks = ",".join("?" * len(wanted))
-        async with conn.execute(f"SELECT * FROM stock WHERE sku IN ({marks})", wanted) as cursor:
-            for row in await cursor.fetchall():
-                found[row["sku"]] = Stock(row["sku"], row["available"], row["reserved"])
+        for row in conn.execute(f"SELECT * FROM stock WHERE sku IN ({marks})", wanted):
+            found[row["sku"]] = Stock(row["sku"], row["available"], row["reserved"])
     return found
 
 
-async def save_stock(tx: aiosqlite.Connection, items: Iterable[Stock]) -> None:
-    await tx.executemany(
+def save_stock(tx: sqlite3.Connection, items: Iterable[Stock]) -> None:
+    tx.executemany(
         "INSERT INTO stock(sku, available, reserved) VALUES (?, ?, ?) ON CONFLICT(sku) DO UPDATE SET"
         " available = excluded.available, reserved = excluded.reserved",
         [(s.sku, s.available, s.reserved) for s in items],
     )
 
 
-async def add_order_lines(tx: aiosqlite.Connection, order_id: str, lines: dict[str, int]) -> None:
-    await tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, json.dumps(lines)))
+def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int]) -> None:
+    tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, json.dumps(lines)))
 
 
-async def get_order_lines(conn: aiosqlite.Connection, order_id: str) -> dict[str, int] | None:
-    async with conn.execute("SELECT lines FROM order_lines WHERE order_id = ?", (order_id,)) as cursor:
-        row = await cursor.fetchone()
+def get_order_lines(conn: sqlite3.Connection, order_id: str) -> dict[str, int] | None:
+    row = conn.execute("SELECT lines FROM order_lines WHERE order_id = ?", (order_id,)).fetchone()
     return dict(json.loads(row["lines"])) if row else None
 
 
-async def get_reservation(conn: aiosqlite.Connection, order_id: str) -> Reservation | None:
-    async with conn.execute("SELECT * FROM reservations WHERE order_id = ?", (order_id,)) as cursor:
-        row = await cursor.fetchone()
+def get_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:
+    row = conn.execute("SELECT * FROM reservations WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
     return Reservation(row["order_id"], ReservationStatus(row["status"]), dict(json.loads(row["lines"])), row["reason"])
 
 
-async def save_reservation(tx: aiosqlite.Connection, reservation: Reservation) -> None:
-    await tx.execute(
+def save_reservation(tx: sqlite3.Connection, reservation: Reservation) -> None:
+    tx.execute(
         "INSERT INTO reservations(order_id, status, lines, reason, updated_at) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT(order_id) DO UPDATE SET status = excluded.status, reason = excluded.reason,"
         " updated_at = excluded.updated_at",
@@ -90,5 +86,5 @@ async def save_reservation(tx: aiosqlite.Connection, reservation: Reservation) -
     )
 
 
-async def record_restock(tx: aiosqlite.Connection, sku: str, quantity: int) -> None:
-    await tx.execute("INSERT INTO restocks(sku, quantity, at) VALUES (?, ?, ?)", (sku, quantity, time.time()))
+def record_restock(tx: sqlite3.Connection, sku: str, quantity: int) -> None:
+    tx.execute("INSERT INTO restocks(sku, quantity, at) VALUES (?, ?, ?)", (sku, quantity, time.time()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -29,14 +30,14 @@ def _public(order: Order) -> dict[str, Any]:
 
 def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def get_order(req: GetOrder) -> dict[str, Any]:
-        order = await repository.get(ctx.store.reader, req.order_id)
+        order = await ctx.store.read(functools.partial(repository.get, order_id=req.order_id))
         if order is None:
             raise ApiError("not_found", f"no order {req.order_id!r}")
         return _public(order)
 
     async def list_orders(req: PageRequest) -> dict[str, Any]:
         orders, next_after = await page(
-            ctx.store.reader,
+            ctx.store,
             "SELECT * FROM orders WHERE order_id > ? ORDER BY order_id LIMIT ?",
             req,
             "order_id",

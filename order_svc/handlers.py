@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
-import aiosqlite
 import structlog
 
 from order_svc import domain, repository
@@ -16,11 +16,11 @@ from shared.subjects import EventType, Stream
 log = structlog.get_logger("order_svc")
 
 
-async def on_orders_requested(tx: aiosqlite.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
-    existing = await repository.get(tx, env.order_id)
+def on_orders_requested(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
+    existing = repository.get(tx, env.order_id)
     order, events = domain.place_order(env.order_id, env.event_id, data, existing, now=time.time())
     if order is not None:
-        await repository.add(tx, order)
+        repository.add(tx, order)
     elif events:
         log.warning("order.rejected", reason=domain.DUPLICATE_ORDER_ID)
     else:
@@ -28,41 +28,39 @@ async def on_orders_requested(tx: aiosqlite.Connection, env: Envelope, data: Ord
     return events
 
 
-async def _cancel(tx: aiosqlite.Connection, order_id: str, reason: str) -> list[Event]:
-    order = await repository.get(tx, order_id)
+def _cancel(tx: sqlite3.Connection, order_id: str, reason: str) -> list[Event]:
+    order = repository.get(tx, order_id)
     if order is None:
         log.warning("order.cancel_for_unknown_order", reason=reason)
         return []
     events = order.cancel(reason)
     if events:
-        await repository.save_status(tx, order)
+        repository.save_status(tx, order)
     else:
         log.debug("order.cancel_ignored", status=order.status.value)
     return events
 
 
-async def on_orders_cancel_requested(
-    tx: aiosqlite.Connection, env: Envelope, data: OrderCancelRequested
-) -> list[Event]:
-    return await _cancel(tx, env.order_id, domain.CANCEL_REQUESTED)
+def on_orders_cancel_requested(tx: sqlite3.Connection, env: Envelope, data: OrderCancelRequested) -> list[Event]:
+    return _cancel(tx, env.order_id, domain.CANCEL_REQUESTED)
 
 
-async def on_payments_failed(tx: aiosqlite.Connection, env: Envelope, data: PaymentFailed) -> list[Event]:
-    return await _cancel(tx, env.order_id, data.reason)
+def on_payments_failed(tx: sqlite3.Connection, env: Envelope, data: PaymentFailed) -> list[Event]:
+    return _cancel(tx, env.order_id, data.reason)
 
 
-async def on_inventory_failed(tx: aiosqlite.Connection, env: Envelope, data: InventoryFailed) -> list[Event]:
-    return await _cancel(tx, env.order_id, data.reason)
+def on_inventory_failed(tx: sqlite3.Connection, env: Envelope, data: InventoryFailed) -> list[Event]:
+    return _cancel(tx, env.order_id, data.reason)
 
 
-async def on_inventory_reserved(tx: aiosqlite.Connection, env: Envelope, data: InventoryReserved) -> list[Event]:
-    order = await repository.get(tx, env.order_id)
+def on_inventory_reserved(tx: sqlite3.Connection, env: Envelope, data: InventoryReserved) -> list[Event]:
+    order = repository.get(tx, env.order_id)
     if order is None:
         log.warning("order.reserved_for_unknown_order")
         return []
     events = order.confirm()
     if events:
-        await repository.save_status(tx, order)
+        repository.save_status(tx, order)
     else:
         # Cancelled while the reservation was in flight: it stays cancelled, and the
         # orders.cancelled already emitted makes inventory give the stock back.

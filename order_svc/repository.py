@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-
-import aiosqlite
 
 from order_svc.domain import Order, OrderStatus
 from shared.contract import OrderItem
@@ -26,7 +25,7 @@ CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE sta
 """
 
 
-def from_row(row: aiosqlite.Row) -> Order:
+def from_row(row: sqlite3.Row) -> Order:
     return Order(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -39,14 +38,13 @@ def from_row(row: aiosqlite.Row) -> Order:
     )
 
 
-async def get(conn: aiosqlite.Connection, order_id: str) -> Order | None:
-    async with conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)) as cursor:
-        row = await cursor.fetchone()
+def get(conn: sqlite3.Connection, order_id: str) -> Order | None:
+    row = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
     return from_row(row) if row else None
 
 
-async def add(tx: aiosqlite.Connection, order: Order) -> None:
-    await tx.execute(
+def add(tx: sqlite3.Connection, order: Order) -> None:
+    tx.execute(
         "INSERT INTO orders(order_id, customer_id, items, total_cents, status, reason, created_at, updated_at,"
         " request_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -63,16 +61,18 @@ async def add(tx: aiosqlite.Connection, order: Order) -> None:
     )
 
 
-async def save_status(tx: aiosqlite.Connection, order: Order) -> None:
-    await tx.execute(
+def save_status(tx: sqlite3.Connection, order: Order) -> None:
+    tx.execute(
         "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE order_id = ?",
         (order.status.value, order.reason, time.time(), order.order_id),
     )
 
 
-async def pending_older_than(conn: aiosqlite.Connection, cutoff: float, limit: int) -> list[Order]:
-    async with conn.execute(
-        "SELECT * FROM orders WHERE status = 'PENDING' AND created_at <= ? ORDER BY created_at LIMIT ?",
-        (cutoff, limit),
-    ) as cursor:
-        return [from_row(row) for row in await cursor.fetchall()]
+def pending_older_than(conn: sqlite3.Connection, cutoff: float, limit: int) -> list[Order]:
+    return [
+        from_row(row)
+        for row in conn.execute(
+            "SELECT * FROM orders WHERE status = 'PENDING' AND created_at <= ? ORDER BY created_at LIMIT ?",
+            (cutoff, limit),
+        ).fetchall()
+    ]

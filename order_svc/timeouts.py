@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import sqlite3
 import time
 
 import structlog
@@ -22,24 +24,28 @@ def sweep_interval_s(timeout_s: float) -> float:
     return min(max(timeout_s / 4, 0.05), 1.0)
 
 
+def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
+    """Cancel up to SWEEP_BATCH overdue orders, in the same transaction as their outbox rows."""
+    orders = repository.pending_older_than(tx, time.time() - timeout_s, SWEEP_BATCH)
+    for order in orders:
+        events = order.cancel(domain.TIMEOUT)
+        repository.save_status(tx, order)
+        envelopes = [e.to_envelope(causation_id=None) for e in events]
+        outbox.add(tx, envelopes)
+        for env in envelopes:
+            log.info("order.timed_out", order_id=order.order_id, event_type=env.type, event_id=env.event_id)
+    return len(orders)
+
+
 async def cancel_timed_out(ctx: ServiceContext) -> int:
     """Cancel every PENDING order past its timeout; return how many were cancelled."""
     cancelled = 0
     while True:
-        now = time.time()
-        async with ctx.store.transaction() as tx:
-            orders = await repository.pending_older_than(tx, now - ctx.settings.order_timeout_s, SWEEP_BATCH)
-            for order in orders:
-                events = order.cancel(domain.TIMEOUT)
-                await repository.save_status(tx, order)
-                envelopes = [e.to_envelope(causation_id=None) for e in events]
-                await outbox.add(tx, envelopes)
-                for env in envelopes:
-                    log.info("order.timed_out", order_id=order.order_id, event_type=env.type, event_id=env.event_id)
-        if orders:
+        count = await ctx.store.run(functools.partial(_cancel_batch, ctx.settings.order_timeout_s))
+        if count:
             ctx.relay.wake()
-        cancelled += len(orders)
-        if len(orders) < SWEEP_BATCH:
+        cancelled += count
+        if count < SWEEP_BATCH:
             return cancelled
 
 

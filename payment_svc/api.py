@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from payment_svc import domain, repository
+from payment_svc.domain import Account
 from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
 from shared.contract import CustomerId
 from shared.service import ServiceContext
@@ -27,23 +30,24 @@ class GetAccount(ApiRequest):
 def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def deposit(req: Deposit) -> dict[str, Any]:
         # Committed before the reply: a client that got an answer can rely on the balance.
-        async with ctx.store.transaction() as tx:
-            account = domain.deposit(
-                await repository.get_account(tx, req.customer_id), req.customer_id, req.amount_cents
-            )
-            await repository.save_account(tx, account)
-            await repository.record_deposit(tx, req.customer_id, req.amount_cents)
+        def apply(tx: sqlite3.Connection) -> Account:
+            account = domain.deposit(repository.get_account(tx, req.customer_id), req.customer_id, req.amount_cents)
+            repository.save_account(tx, account)
+            repository.record_deposit(tx, req.customer_id, req.amount_cents)
+            return account
+
+        account = await ctx.store.run(apply)
         return {"customer_id": account.customer_id, "balance_cents": account.balance_cents}
 
     async def account(req: GetAccount) -> dict[str, Any]:
-        found = await repository.get_account(ctx.store.reader, req.customer_id)
+        found = await ctx.store.read(functools.partial(repository.get_account, customer_id=req.customer_id))
         if found is None:
             raise ApiError("not_found", f"no account {req.customer_id!r}")
         return {"customer_id": found.customer_id, "balance_cents": found.balance_cents}
 
     async def list_payments(req: PageRequest) -> dict[str, Any]:
         payments, next_after = await page(
-            ctx.store.reader,
+            ctx.store,
             "SELECT order_id, customer_id, amount_cents, status, reason FROM payments"
             " WHERE order_id > ? ORDER BY order_id LIMIT ?",
             req,
@@ -54,7 +58,7 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
 
     async def list_accounts(req: PageRequest) -> dict[str, Any]:
         accounts, next_after = await page(
-            ctx.store.reader,
+            ctx.store,
             "SELECT a.customer_id, a.balance_cents,"
             " (SELECT COALESCE(SUM(d.amount_cents), 0) FROM deposits d WHERE d.customer_id = a.customer_id)"
             " AS deposited_cents FROM accounts a WHERE a.customer_id > ? ORDER BY a.customer_id LIMIT ?",

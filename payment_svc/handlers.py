@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
+
 import structlog
 
 from payment_svc import domain, repository
@@ -14,30 +15,30 @@ from shared.subjects import EventType, Stream
 log = structlog.get_logger("payment_svc")
 
 
-async def on_orders_created(tx: aiosqlite.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
-    existing = await repository.get_payment(tx, env.order_id)
-    account = await repository.get_account(tx, data.customer_id)
+def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
+    existing = repository.get_payment(tx, env.order_id)
+    account = repository.get_account(tx, data.customer_id)
     payment, events = domain.charge(env.order_id, data.customer_id, data.total_cents, existing, account)
     if payment is None:
         log.debug("payment.charge_skipped", status=existing.status.value if existing else None)
         return []
     if payment.status is domain.PaymentStatus.CHARGED and account is not None:
-        await repository.save_account(tx, account)
-    await repository.save_payment(tx, payment)
+        repository.save_account(tx, account)
+    repository.save_payment(tx, payment)
     log.debug("payment.decided", status=payment.status.value, amount_cents=payment.amount_cents, reason=payment.reason)
     return events
 
 
-async def on_orders_cancelled(tx: aiosqlite.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
-    existing = await repository.get_payment(tx, env.order_id)
-    account = await repository.get_account(tx, existing.customer_id) if existing else None
+def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
+    existing = repository.get_payment(tx, env.order_id)
+    account = repository.get_account(tx, existing.customer_id) if existing else None
     payment, events = domain.compensate(env.order_id, data.reason, existing, account)
     if payment is None:
         log.debug("payment.compensation_skipped", status=existing.status.value if existing else None)
         return []
     if payment.status is domain.PaymentStatus.REFUNDED and account is not None:
-        await repository.save_account(tx, account)
-    await repository.save_payment(tx, payment)
+        repository.save_account(tx, account)
+    repository.save_payment(tx, payment)
     log.debug("payment.compensated", status=payment.status.value, amount_cents=payment.amount_cents)
     return events
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-
-import aiosqlite
 
 from payment_svc.domain import Account, Payment, PaymentStatus
 
@@ -31,23 +30,21 @@ CREATE INDEX IF NOT EXISTS deposits_by_customer ON deposits(customer_id);
 """
 
 
-async def get_account(conn: aiosqlite.Connection, customer_id: str) -> Account | None:
-    async with conn.execute("SELECT * FROM accounts WHERE customer_id = ?", (customer_id,)) as cursor:
-        row = await cursor.fetchone()
+def get_account(conn: sqlite3.Connection, customer_id: str) -> Account | None:
+    row = conn.execute("SELECT * FROM accounts WHERE customer_id = ?", (customer_id,)).fetchone()
     return Account(row["customer_id"], row["balance_cents"]) if row else None
 
 
-async def save_account(tx: aiosqlite.Connection, account: Account) -> None:
-    await tx.execute(
+def save_account(tx: sqlite3.Connection, account: Account) -> None:
+    tx.execute(
         "INSERT INTO accounts(customer_id, balance_cents) VALUES (?, ?)"
         " ON CONFLICT(customer_id) DO UPDATE SET balance_cents = excluded.balance_cents",
         (account.customer_id, account.balance_cents),
     )
 
 
-async def get_payment(conn: aiosqlite.Connection, order_id: str) -> Payment | None:
-    async with conn.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)) as cursor:
-        row = await cursor.fetchone()
+def get_payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
+    row = conn.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
     return Payment(
@@ -55,8 +52,8 @@ async def get_payment(conn: aiosqlite.Connection, order_id: str) -> Payment | No
     )
 
 
-async def save_payment(tx: aiosqlite.Connection, payment: Payment) -> None:
-    await tx.execute(
+def save_payment(tx: sqlite3.Connection, payment: Payment) -> None:
+    tx.execute(
         "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET"
         " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at",
@@ -71,7 +68,7 @@ async def save_payment(tx: aiosqlite.Connection, payment: Payment) -> None:
     )
 
 
-async def record_deposit(tx: aiosqlite.Connection, customer_id: str, amount_cents: int) -> None:
-    await tx.execute(
+def record_deposit(tx: sqlite3.Connection, customer_id: str, amount_cents: int) -> None:
+    tx.execute(
         "INSERT INTO deposits(customer_id, amount_cents, at) VALUES (?, ?, ?)", (customer_id, amount_cents, time.time())
     )

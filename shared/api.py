@@ -8,14 +8,16 @@ CLI both see it.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-import aiosqlite
 import structlog
 from nats.micro.request import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.store import Store
 
 log = structlog.get_logger("api")
 
@@ -57,11 +59,14 @@ class RepublishRequest(ApiRequest):
 
 
 async def page(
-    conn: aiosqlite.Connection, sql: str, request: PageRequest, key: str, row_to_dict: Callable[[Any], dict[str, Any]]
+    store: Store, sql: str, request: PageRequest, key: str, row_to_dict: Callable[[sqlite3.Row], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Run ``sql`` (which takes ``(after, limit)`` and orders by ``key``); return items and the next cursor."""
-    async with conn.execute(sql, (request.after or "", request.limit)) as cursor:
-        rows = [row_to_dict(row) for row in await cursor.fetchall()]
+
+    def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        return [row_to_dict(row) for row in conn.execute(sql, (request.after or "", request.limit))]
+
+    rows = await store.read(query)
     next_after = rows[-1][key] if len(rows) == request.limit else None
     return rows, next_after
 

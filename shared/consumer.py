@@ -14,11 +14,12 @@ savepoint, so one message that fails rolls back only itself. The ack policy live
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import functools
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import aiosqlite
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -44,8 +45,9 @@ class RetryLater(Exception):
 
 DataT = TypeVar("DataT", bound=EventData)
 
-Handler = Callable[[aiosqlite.Connection, Envelope, DataT], Awaitable[list[Event]]]
-"""Load, decide (domain), save; return the events to add to the outbox."""
+Handler = Callable[[sqlite3.Connection, Envelope, DataT], list[Event]]
+"""Load, decide (domain), save; return the events to add to the outbox. Synchronous: it runs
+with the rest of its batch on the store's thread, inside the batch's transaction."""
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,7 @@ class Consumer:
 
     async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:
         try:
-            async with self._store.transaction() as tx:
-                for _, item in batch:
-                    item.outcome = await self._apply_one(tx, item)
+            await self._store.run(functools.partial(self._apply_batch, batch))
         except Exception as exc:
             # BEGIN or COMMIT failed: nothing of this batch was stored. That is the store's
             # trouble (a lock, a full disk), not the messages', so it never counts towards
@@ -217,16 +217,21 @@ class Consumer:
                 if isinstance(item.outcome, Processed) or item.outcome is None:
                     item.outcome = Retry(transient=True, error=repr(exc))
 
-    async def _apply_one(self, tx: aiosqlite.Connection, item: Decoded) -> Outcome:
+    def _apply_batch(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
+        """Group commit: the whole batch in one transaction, each message in its own savepoint."""
+        for _, item in batch:
+            item.outcome = self._apply_one(tx, item)
+
+    def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
         env = item.envelope
         with structlog.contextvars.bound_contextvars(event_type=env.type, order_id=env.order_id, event_id=env.event_id):
             try:
-                async with savepoint(tx):
-                    if not await inbox.record(tx, env):
+                with savepoint(tx):
+                    if not inbox.record(tx, env):
                         log.debug("event.duplicate_skipped")
                         return Duplicate()
-                    events = await item.route.handler(tx, env, item.data)
-                    await outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
+                    events = item.route.handler(tx, env, item.data)
+                    outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
             except BadMessage as bad:
                 return DeadLetter(bad.reason, bad.detail)
             except RetryLater as wait:

@@ -6,27 +6,25 @@ Insert, don't check (DTM's barrier): ``INSERT OR IGNORE`` on the primary key and
 
 from __future__ import annotations
 
+import sqlite3
 import time
-
-import aiosqlite
 
 from shared.envelope import BadMessage, Envelope
 
 
-async def record(conn: aiosqlite.Connection, envelope: Envelope) -> bool:
+def record(conn: sqlite3.Connection, envelope: Envelope) -> bool:
     """Mark ``envelope`` processed; return False if it already was (a duplicate to skip).
 
     An event_id seen before with another type or order_id is not a duplicate but a client
     reusing an id for a different event: that is bad input, not something to drop silently.
     """
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT OR IGNORE INTO inbox(event_id, event_type, order_id, received_at) VALUES (?, ?, ?, ?)",
         (envelope.event_id, envelope.type, envelope.order_id, time.time()),
     )
     if cursor.rowcount == 1:
         return True
-    async with conn.execute("SELECT event_type, order_id FROM inbox WHERE event_id = ?", (envelope.event_id,)) as rows:
-        seen = await rows.fetchone()
+    seen = conn.execute("SELECT event_type, order_id FROM inbox WHERE event_id = ?", (envelope.event_id,)).fetchone()
     if seen is not None and (seen["event_type"], seen["order_id"]) != (envelope.type, envelope.order_id):
         raise BadMessage(
             "event_id_reused",

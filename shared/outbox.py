@@ -9,10 +9,10 @@ inbox does. Only the relay talks to NATS.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import aiosqlite
 import structlog
 from nats.js import JetStreamContext
 
@@ -25,18 +25,18 @@ log = structlog.get_logger("outbox")
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-async def add(conn: aiosqlite.Connection, envelopes: Sequence[Envelope]) -> None:
+def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> None:
     """Queue ``envelopes`` for publishing; they go out only if the caller's transaction commits."""
     if not envelopes:
         return
     now = time.time()
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
         [(e.event_id, e.subject, e.to_bytes(), now) for e in envelopes],
     )
 
 
-def msg_id(row: aiosqlite.Row) -> str:
+def msg_id(row: sqlite3.Row) -> str:
     """The Nats-Msg-Id of an outbox row: its event_id, plus a suffix on an operator's re-send."""
     event_id: str = row["event_id"]
     return event_id if not row["resends"] else f"{event_id}:resend:{row['resends']}"
@@ -44,11 +44,30 @@ def msg_id(row: aiosqlite.Row) -> str:
 
 async def requeue(store: Store, subject: str) -> int:
     """Send the events recorded on ``subject`` again (repair); return how many were queued."""
-    async with store.transaction() as tx:
-        cursor = await tx.execute(
-            "UPDATE outbox SET published_at = NULL, resends = resends + 1 WHERE subject = ?", (subject,)
+
+    def requeue_rows(tx: sqlite3.Connection) -> int:
+        sql = "UPDATE outbox SET published_at = NULL, resends = resends + 1 WHERE subject = ?"
+        return tx.execute(sql, (subject,)).rowcount
+
+    return await store.run(requeue_rows)
+
+
+def _pending(limit: int) -> Callable[[sqlite3.Connection], list[sqlite3.Row]]:
+    def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+        sql = (
+            "SELECT id, event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?"
         )
-        return cursor.rowcount
+        return conn.execute(sql, (limit,)).fetchall()
+
+    return query
+
+
+def _mark_published(row_ids: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def update(tx: sqlite3.Connection) -> None:
+        now = time.time()
+        tx.executemany("UPDATE outbox SET published_at = ? WHERE id = ?", [(now, row_id) for row_id in row_ids])
+
+    return update
 
 
 class RelayError(Exception):
@@ -97,11 +116,7 @@ class Relay:
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
-        async with self._store.reader.execute(
-            "SELECT id, event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
-            (self._batch_size,),
-        ) as cursor:
-            rows = list(await cursor.fetchall())
+        rows = await self._store.read(_pending(self._batch_size))
         if not rows:
             return 0
         # Pipelined: every publish is on the wire before the first ack is awaited. One
@@ -117,11 +132,7 @@ class Relay:
             row["id"] for row, fut in zip(rows, futures, strict=True) if fut in done and not fut.exception()
         ]
         if published_ids:
-            async with self._store.transaction() as tx:
-                await tx.executemany(
-                    "UPDATE outbox SET published_at = ? WHERE id = ?",
-                    [(time.time(), row_id) for row_id in published_ids],
-                )
+            await self._store.run(_mark_published(published_ids))
             self.published += len(published_ids)
         if len(published_ids) < len(rows):
             errors = [repr(f.exception()) for f in done if f.exception()]
@@ -132,6 +143,7 @@ class Relay:
         return len(published_ids)
 
     async def pending_count(self) -> int:
-        async with self._store.reader.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetchone()[0])
+
+        return await self._store.read(count)

@@ -77,9 +77,7 @@ async def prune(
 async def _delete_in_chunks(store: Store, sql: str, cutoff: float) -> int:
     deleted = 0
     while True:
-        async with store.transaction() as tx:
-            cursor = await tx.execute(sql, (cutoff, PRUNE_CHUNK))
-            count = cursor.rowcount
+        count = await store.run(lambda tx: tx.execute(sql, (cutoff, PRUNE_CHUNK)).rowcount)
         deleted += count
         if count < PRUNE_CHUNK:
             return deleted

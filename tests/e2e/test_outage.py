@@ -22,7 +22,8 @@ def _outbox_pending(db: Path) -> int:
 
 
 async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_on_reconnect(tmp_path: Path) -> None:
-    system = System(tmp_path, service_env={"ORDER_TIMEOUT_S": "1"}).start()
+    # Long enough that the order cannot time out between being seen PENDING and the kill.
+    system = System(tmp_path, service_env={"ORDER_TIMEOUT_S": "3"}).start()
     assert system.server is not None
     nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:

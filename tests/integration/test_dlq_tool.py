@@ -4,12 +4,12 @@ dead letter is replayed and processed exactly once."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import aiosqlite
 from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
@@ -36,10 +36,10 @@ async def test_dead_letter_of_a_fixed_bug_is_listed_shown_and_replayed_exactly_o
 ) -> None:
     bug = {"present": True}
 
-    async def sometimes_buggy(tx: aiosqlite.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
+    def sometimes_buggy(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
         if bug["present"]:
             raise RuntimeError("bug #42")
-        return await on_orders_requested(tx, env, data)
+        return on_orders_requested(tx, env, data)
 
     definition = dataclasses.replace(
         ORDER_SERVICE,

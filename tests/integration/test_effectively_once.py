@@ -8,7 +8,6 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-import aiosqlite
 from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
@@ -161,8 +160,8 @@ async def test_failing_handler_is_dead_lettered_after_max_deliveries_without_tou
 ) -> None:
     """One poison message in a group-committed batch: its neighbours commit once, it alone retries."""
 
-    async def buggy(tx: aiosqlite.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
-        events = await on_orders_requested(tx, env, data)  # writes, then fails: must be rolled back
+    def buggy(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
+        events = on_orders_requested(tx, env, data)  # writes, then fails: must be rolled back
         if env.order_id.startswith("poison"):
             raise RuntimeError("a bug in the handler")
         return events

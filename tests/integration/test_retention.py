@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,18 +30,19 @@ async def test_prune_deletes_old_inbox_entries_and_old_published_outbox_rows_onl
     store = await Store.open(tmp_path / "s.sqlite3", ORDER_SCHEMA)
     now = time.time()
     try:
-        async with store.transaction() as tx:
-            await tx.executemany(
+
+        def setup(tx: sqlite3.Connection) -> None:
+            tx.executemany(
                 "INSERT INTO inbox(event_id, event_type, order_id, received_at) VALUES (?, 'orders.requested', 'o', ?)",
                 [("old-1", now - 2 * DAY), ("old-2", now - 1.5 * DAY), ("fresh", now - 60)],
             )
-            await add(tx, [Event("orders.created", f"o-{i}", {}).to_envelope(None) for i in range(4)])
+            add(tx, [Event("orders.created", f"o-{i}", {}).to_envelope(None) for i in range(4)])
             # o-0: published long ago; o-1: published recently; o-2, o-3: never published.
-            await tx.execute(
-                "UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-0'", (now - 2 * DAY,)
-            )
-            await tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-1'", (now - 60,))
-            await tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-2'", (now - 3 * DAY,))
+            tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-0'", (now - 2 * DAY,))
+            tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-1'", (now - 60,))
+            tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-2'", (now - 3 * DAY,))
+
+        await store.run(setup)
         deleted = await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now)
         assert deleted == (2, 1)
     finally:
