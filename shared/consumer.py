@@ -29,7 +29,7 @@ from shared import inbox, outbox
 from shared.aio import sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
 from shared.jetstream import ensure_consumer
-from shared.outbox import MSG_ID_HEADER, Relay
+from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
 
@@ -75,7 +75,7 @@ class ConsumerSpec:
 
 @dataclass(frozen=True)
 class Processed:
-    events: Sequence[Event] = ()
+    records: Sequence[OutboxRecord] = ()
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,16 @@ class Consumer:
             for i, item in decoded:
                 outcomes[i] = item.outcome
         final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
-        if any(isinstance(o, Processed) and o.events for o in final):
-            self._relay.wake()
-        settled = await asyncio.gather(
-            *(self.settle(msg, o) for msg, o in zip(msgs, final, strict=True)), return_exceptions=True
-        )
-        for error in (e for e in settled if isinstance(e, BaseException)):
-            # NATS went away between commit and ack: the message comes back after ack_wait and
-            # the inbox recognises it, so nothing is lost or applied twice.
-            log.warning("consumer.settle_failed", consumer=self.name, error=repr(error))
+        for outcome in final:
+            if isinstance(outcome, Processed):
+                self._relay.enqueue(outcome.records)
+        for msg, outcome in zip(msgs, final, strict=True):
+            try:
+                await self.settle(msg, outcome)
+            except Exception as error:
+                # NATS went away between commit and ack: the message comes back after ack_wait
+                # and the inbox recognises it, so nothing is lost or applied twice.
+                log.warning("consumer.settle_failed", consumer=self.name, error=repr(error))
         return final
 
     def _decode(self, msg: Msg) -> Decoded:
@@ -231,7 +232,7 @@ class Consumer:
                         log.debug("event.duplicate_skipped")
                         return Duplicate()
                     events = item.route.handler(tx, env, item.data)
-                    outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
+                    records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
             except BadMessage as bad:
                 return DeadLetter(bad.reason, bad.detail)
             except RetryLater as wait:
@@ -242,7 +243,7 @@ class Consumer:
                 log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
                 return Retry(transient=transient, error=repr(exc))
             log.debug("event.processed", emitted=[e.type for e in events])
-            return Processed(events)
+            return Processed(records)
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""

@@ -1,17 +1,23 @@
 """The transactional outbox: events are rows written in the caller's transaction; the relay
 publishes committed rows to JetStream with ``Nats-Msg-Id = event_id``.
 
-A crash between publish and marking the row published re-publishes it with the same
-``Nats-Msg-Id``: the stream's duplicate window drops it, and past the window every consumer's
-inbox does. Only the relay talks to NATS.
+Pipelined: a consumer hands the rows it just committed straight to the relay, which publishes
+them without reading them back; only after a restart, a failed publish or rows written
+elsewhere (timeouts, repairs) does the relay scan the table. A crash between publish and
+marking the row published re-publishes it with the same ``Nats-Msg-Id``: the stream's
+duplicate window drops it, and past the window every consumer's inbox does. Only the relay
+talks to NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from nats.js import JetStreamContext
@@ -25,21 +31,27 @@ log = structlog.get_logger("outbox")
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> None:
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One event to publish: what an outbox row holds."""
+
+    event_id: str
+    subject: str
+    payload: bytes
+    msg_id: str
+    """Its event_id, plus a suffix on an operator's re-send (so the stream keeps the copy)."""
+
+
+def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
     """Queue ``envelopes`` for publishing; they go out only if the caller's transaction commits."""
-    if not envelopes:
-        return
-    now = time.time()
-    conn.executemany(
-        "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
-        [(e.event_id, e.subject, e.to_bytes(), now) for e in envelopes],
-    )
-
-
-def msg_id(row: sqlite3.Row) -> str:
-    """The Nats-Msg-Id of an outbox row: its event_id, plus a suffix on an operator's re-send."""
-    event_id: str = row["event_id"]
-    return event_id if not row["resends"] else f"{event_id}:resend:{row['resends']}"
+    records = [OutboxRecord(e.event_id, e.subject, e.to_bytes(), e.event_id) for e in envelopes]
+    if records:
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
+            [(r.event_id, r.subject, r.payload, now) for r in records],
+        )
+    return records
 
 
 async def requeue(store: Store, subject: str) -> int:
@@ -52,22 +64,28 @@ async def requeue(store: Store, subject: str) -> int:
     return await store.run(requeue_rows)
 
 
-def _pending(limit: int) -> Callable[[sqlite3.Connection], list[sqlite3.Row]]:
-    def query(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-        sql = (
-            "SELECT id, event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?"
-        )
-        return conn.execute(sql, (limit,)).fetchall()
-
-    return query
+def _pending(conn: sqlite3.Connection, limit: int) -> list[OutboxRecord]:
+    sql = "SELECT event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?"
+    return [
+        OutboxRecord(event_id, subject, payload, f"{event_id}:resend:{resends}" if resends else event_id)
+        for event_id, subject, payload, resends in conn.execute(sql, (limit,))
+    ]
 
 
-def _mark_published(row_ids: list[int]) -> Callable[[sqlite3.Connection], None]:
-    def update(tx: sqlite3.Connection) -> None:
-        now = time.time()
-        tx.executemany("UPDATE outbox SET published_at = ? WHERE id = ?", [(now, row_id) for row_id in row_ids])
+SAFETY_SCAN_S = 5.0
+"""Read the table at least this often even under load, and whenever idle: any row that
+somehow missed the in-memory hand-over is still published (copies are dropped by msg id)."""
 
-    return update
+MARK_CHUNK = 500
+"""Event ids per UPDATE, well under SQLite's limit on bound parameters."""
+
+
+def _mark_published(tx: sqlite3.Connection, event_ids: list[str]) -> None:
+    now = time.time()
+    for start in range(0, len(event_ids), MARK_CHUNK):
+        chunk = event_ids[start : start + MARK_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        tx.execute(f"UPDATE outbox SET published_at = ? WHERE event_id IN ({marks})", (now, *chunk))
 
 
 class RelayError(Exception):
@@ -82,7 +100,7 @@ class Relay:
         store: Store,
         js: JetStreamContext,
         *,
-        batch_size: int = 512,
+        batch_size: int = 1024,
         ack_timeout_s: float = 5.0,
         idle_poll_s: float = 1.0,
     ) -> None:
@@ -92,10 +110,20 @@ class Relay:
         self._ack_timeout_s = ack_timeout_s
         self._idle_poll_s = idle_poll_s
         self._wakeup = asyncio.Event()
+        self._queue: deque[OutboxRecord] = deque()
+        self._scan = True  # at start, rows left by the previous run may be waiting
+        self._last_scan = 0.0
         self.published = 0
 
+    def enqueue(self, records: Sequence[OutboxRecord]) -> None:
+        """Hand over rows a transaction just committed: published without reading them back."""
+        if records:
+            self._queue.extend(records)
+            self._wakeup.set()
+
     def wake(self) -> None:
-        """Tell the relay that a transaction just committed outbox rows."""
+        """Rows were committed outside a consumer batch (timeouts, repairs): read the table."""
+        self._scan = True
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -113,34 +141,45 @@ class Relay:
             if sent == 0:
                 self._wakeup.clear()
                 await wait_any(stop, self._wakeup, timeout=self._idle_poll_s)
+                if not self._wakeup.is_set():  # idle: look at the table (cheap when it is clean)
+                    self._scan = True
+
+    async def _next_batch(self) -> list[OutboxRecord]:
+        if self._scan or time.monotonic() - self._last_scan > SAFETY_SCAN_S:
+            self._last_scan = time.monotonic()
+            # The table holds everything the queue does, in commit order: read it instead.
+            self._scan = False
+            self._queue.clear()
+            records = await self._store.read(functools.partial(_pending, limit=self._batch_size))
+            self._scan = self._scan or len(records) == self._batch_size  # more left behind
+            return records
+        count = min(len(self._queue), self._batch_size)
+        return [self._queue.popleft() for _ in range(count)]
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
-        rows = await self._store.read(_pending(self._batch_size))
-        if not rows:
+        records = await self._next_batch()
+        if not records:
             return 0
         # Pipelined: every publish is on the wire before the first ack is awaited. One
         # connection keeps them in order, so the stream sees the outbox order.
         futures = [
-            await self._js.publish_async(row["subject"], row["payload"], headers={MSG_ID_HEADER: msg_id(row)})
-            for row in rows
+            await self._js.publish_async(r.subject, r.payload, headers={MSG_ID_HEADER: r.msg_id}) for r in records
         ]
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)
         for future in pending:
             future.cancel()
-        published_ids = [
-            row["id"] for row, fut in zip(rows, futures, strict=True) if fut in done and not fut.exception()
-        ]
-        if published_ids:
-            await self._store.run(_mark_published(published_ids))
-            self.published += len(published_ids)
-        if len(published_ids) < len(rows):
+        published = [r.event_id for r, f in zip(records, futures, strict=True) if f in done and not f.exception()]
+        if published:
+            await self._store.run(functools.partial(_mark_published, event_ids=published))
+            self.published += len(published)
+        if len(published) < len(records):
+            self._scan = True  # what did not go out is still unpublished in the table
             errors = [repr(f.exception()) for f in done if f.exception()]
             raise RelayError(
-                f"{len(rows) - len(published_ids)} of {len(rows)} publishes failed or timed out",
-                errors[:1],
+                f"{len(records) - len(published)} of {len(records)} publishes failed or timed out", errors[:1]
             )
-        return len(published_ids)
+        return len(published)
 
     async def pending_count(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
