@@ -29,6 +29,7 @@ from shared import inbox, outbox
 from shared.aio import sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
 from shared.jetstream import ensure_consumer
+from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
@@ -225,7 +226,7 @@ class Consumer:
 
     def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
         env = item.envelope
-        with structlog.contextvars.bound_contextvars(event_type=env.type, order_id=env.order_id, event_id=env.event_id):
+        with about_message(env.type, env.order_id, env.event_id):
             try:
                 with savepoint(tx):
                     if not inbox.record(tx, env):

@@ -1,26 +1,43 @@
 """structlog setup: every line carries service, event_type, order_id and event_id.
 
-Per-message fields are bound through contextvars by the consumer, so handlers and the domain
-log plain facts (``log.info("payment.charged", amount_cents=...)``) and still say which event
-they were about. Lines not about any event carry those keys as null, so a log query never has
-to guess whether a key is missing or empty.
+The consumer sets the message in hand with ``about_message``, so handlers and the domain log
+plain facts (``log.info("payment.charged", amount_cents=...)``) and still say which event they
+were about. Lines not about any event carry those keys as null, so a log query never has to
+guess whether a key is missing or empty.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
 
 EVENT_KEYS = ("event_type", "order_id", "event_id")
 
+# One contextvar holding the three keys: set once per message, which is what the hot path
+# pays for (structlog's bound_contextvars sets and resets one variable per key).
+_MESSAGE: ContextVar[tuple[str, str, str] | None] = ContextVar("saga_message", default=None)
 
-def _ensure_event_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in EVENT_KEYS:
-        event_dict.setdefault(key, None)
+
+@contextmanager
+def about_message(event_type: str, order_id: str, event_id: str) -> Iterator[None]:
+    """Every line logged inside is about this message."""
+    token = _MESSAGE.set((event_type, order_id, event_id))
+    try:
+        yield
+    finally:
+        _MESSAGE.reset(token)
+
+
+def _add_message_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    values = _MESSAGE.get() or (None, None, None)
+    for key, value in zip(EVENT_KEYS, values, strict=True):
+        event_dict.setdefault(key, value)
     return event_dict
 
 
@@ -36,7 +53,7 @@ def configure_logging(service: str, log_format: str = "json", level: str = "INFO
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _ensure_event_keys,
+            _add_message_keys,
             structlog.processors.dict_tracebacks if log_format == "json" else structlog.processors.format_exc_info,
             renderer,
         ],
