@@ -75,19 +75,7 @@ def main(definition: ServiceDefinition) -> None:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(definition.name, settings.log_format, settings.log_level)
-    raise SystemExit(run_event_loop(serve(definition, settings), settings.event_loop))
-
-
-def run_event_loop(main_coroutine: Coroutine[Any, Any, int], event_loop: str) -> int:
-    """Run on uvloop when asked and installed, else on asyncio's own loop."""
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            log.warning("service.uvloop_unavailable", fallback="asyncio")
-        else:
-            return uvloop.run(main_coroutine)
-    return asyncio.run(main_coroutine)
+    raise SystemExit(asyncio.run(serve(definition, settings)))
 
 
 async def serve(

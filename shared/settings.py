@@ -70,10 +70,6 @@ class Settings:
     sqlite_busy_timeout_ms: int = 5000
     """``SQLITE_BUSY_TIMEOUT_MS``: how long a write waits for a lock before the batch is retried later."""
 
-    event_loop: str = "uvloop"
-    """``EVENT_LOOP``: ``uvloop`` (the C event loop; falls back to asyncio where it is not
-    installed) or ``asyncio``. uvloop measured +16% sagas/s here (docs/performance.md)."""
-
     fetch_batch: int = 256
     """``FETCH_BATCH``: messages fetched, and committed in one SQLite transaction, at a time."""
 
@@ -107,7 +103,6 @@ class Settings:
                 "SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, ("FULL", "NORMAL")
             ),
             sqlite_busy_timeout_ms=_env_int("SQLITE_BUSY_TIMEOUT_MS", cls.sqlite_busy_timeout_ms, minimum=0),
-            event_loop=_env_choice("EVENT_LOOP", cls.event_loop, ("uvloop", "asyncio")),
             fetch_batch=_env_int("FETCH_BATCH", cls.fetch_batch, minimum=1),
             max_deliveries=_env_int("MAX_DELIVERIES", cls.max_deliveries, minimum=1),
             inbox_retention_s=_env_float("INBOX_RETENTION_S", cls.inbox_retention_s, minimum=0),
