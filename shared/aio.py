@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 
 
+def reconnect_backoff_s(attempt: int) -> float:
+    """How long to wait after the ``attempt``-th failure in a row to reach NATS: 0.4 s doubling to 5 s."""
+    return min(0.2 * 2.0**attempt, 5.0)
+
+
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds`` or until ``stop`` is set, whichever is first; True if stopped."""
     with contextlib.suppress(TimeoutError):

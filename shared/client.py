@@ -95,13 +95,18 @@ async def request(nc: Client, subject: str, body: dict[str, Any], timeout: float
     return payload
 
 
-async def get_order(nc: Client, order_id: str) -> dict[str, Any] | None:
+async def _unless_not_found(nc: Client, subject: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The reply, or None where the service answers ``not_found``."""
     try:
-        return await request(nc, API_ORDERS_GET, {"order_id": order_id})
+        return await request(nc, subject, body)
     except ApiErrorReply as exc:
         if exc.code == "not_found":
             return None
         raise
+
+
+async def get_order(nc: Client, order_id: str) -> dict[str, Any] | None:
+    return await _unless_not_found(nc, API_ORDERS_GET, {"order_id": order_id})
 
 
 async def deposit(nc: Client, customer_id: str, amount_cents: int) -> dict[str, Any]:
@@ -109,12 +114,8 @@ async def deposit(nc: Client, customer_id: str, amount_cents: int) -> dict[str, 
 
 
 async def balance(nc: Client, customer_id: str) -> int | None:
-    try:
-        return int((await request(nc, API_PAYMENTS_ACCOUNT, {"customer_id": customer_id}))["balance_cents"])
-    except ApiErrorReply as exc:
-        if exc.code == "not_found":
-            return None
-        raise
+    account = await _unless_not_found(nc, API_PAYMENTS_ACCOUNT, {"customer_id": customer_id})
+    return None if account is None else int(account["balance_cents"])
 
 
 async def restock(nc: Client, sku: str, quantity: int) -> dict[str, Any]:
@@ -122,12 +123,7 @@ async def restock(nc: Client, sku: str, quantity: int) -> dict[str, Any]:
 
 
 async def stock(nc: Client, sku: str) -> dict[str, Any] | None:
-    try:
-        return await request(nc, API_INVENTORY_STOCK, {"sku": sku})
-    except ApiErrorReply as exc:
-        if exc.code == "not_found":
-            return None
-        raise
+    return await _unless_not_found(nc, API_INVENTORY_STOCK, {"sku": sku})
 
 
 async def wait_until_terminal(nc: Client, order_id: str, timeout: float = 20.0) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import structlog
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import inbox, outbox
-from shared.aio import sleep_unless_stopped
+from shared.aio import reconnect_backoff_s, sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
 from shared.jetstream import ensure_consumer
 from shared.logging import about_message
@@ -134,7 +133,6 @@ class Consumer:
         *,
         service: str,
         spec: ConsumerSpec,
-        nc: Client,
         js: JetStreamContext,
         store: Store,
         relay: Relay,
@@ -143,7 +141,6 @@ class Consumer:
     ) -> None:
         self.service = service
         self.spec = spec
-        self._nc = nc
         self._js = js
         self._store = store
         self._relay = relay
@@ -169,7 +166,7 @@ class Consumer:
             except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
                 failures += 1
                 log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
-                await sleep_unless_stopped(stop, min(0.2 * 2**failures, 5.0))
+                await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
                 continue
             failures = 0
             await self.process_batch(msgs)

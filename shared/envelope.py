@@ -15,8 +15,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from shared.subjects import ORDER_ID_PATTERN, event_subject
 
-OrderId = str
-
 
 class BadMessage(Exception):
     """A message that can never be processed; ``reason`` is a stable code, ``detail`` says why."""

@@ -229,9 +229,9 @@ class System:
     server: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
-    def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0, nats_sync: str | None = None) -> System:
+    def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
         if self.nats_url is None:
-            self.server = NatsServer(self.workdir / "nats", port=server_port, sync_interval=nats_sync).start()
+            self.server = NatsServer(self.workdir / "nats", port=server_port).start()
             self.nats_url = self.server.url
         for name in names:
             self.add_service(name).start()

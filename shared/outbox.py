@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 from nats.js import JetStreamContext
 
-from shared.aio import sleep_unless_stopped, wait_any
+from shared.aio import reconnect_backoff_s, sleep_unless_stopped, wait_any
 from shared.envelope import Envelope
 from shared.store import Store
 
@@ -113,7 +113,6 @@ class Relay:
         self._queue: deque[OutboxRecord] = deque()
         self._scan = True  # at start, rows left by the previous run may be waiting
         self._last_scan = 0.0
-        self.published = 0
 
     def enqueue(self, records: Sequence[OutboxRecord]) -> None:
         """Hand over rows a transaction just committed: published without reading them back."""
@@ -136,7 +135,7 @@ class Relay:
             except Exception as exc:  # NATS away, timeouts: the rows stay and are retried.
                 failures += 1
                 log.warning("outbox.publish_failed", error=repr(exc), attempt=failures)
-                await sleep_unless_stopped(stop, min(0.2 * 2**failures, 5.0))
+                await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
                 continue
             if sent == 0:
                 self._wakeup.clear()
@@ -172,7 +171,6 @@ class Relay:
         published = [r.event_id for r, f in zip(records, futures, strict=True) if f in done and not f.exception()]
         if published:
             await self._store.run(functools.partial(_mark_published, event_ids=published))
-            self.published += len(published)
         if len(published) < len(records):
             self._scan = True  # what did not go out is still unpublished in the table
             errors = [repr(f.exception()) for f in done if f.exception()]

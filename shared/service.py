@@ -17,7 +17,6 @@ from typing import Any
 import nats
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
@@ -44,8 +43,6 @@ class ServiceContext:
     settings: Settings
     store: Store
     relay: Relay
-    nc: Client
-    js: JetStreamContext
 
 
 @dataclass(frozen=True)
@@ -111,12 +108,11 @@ async def serve(
         js = nc.jetstream()
         await ensure_streams(js)
         relay = Relay(store, js)
-        ctx = ServiceContext(settings, store, relay, nc, js)
+        ctx = ServiceContext(settings, store, relay)
         consumers = [
             Consumer(
                 service=settings.service,
                 spec=spec,
-                nc=nc,
                 js=js,
                 store=store,
                 relay=relay,

@@ -20,22 +20,12 @@ class Stream(StrEnum):
     INVENTORY = "INVENTORY"
     DLQ = "DLQ"
 
-    @property
-    def subjects(self) -> list[str]:
-        return [STREAM_SUBJECTS[self]]
-
 
 STREAM_SUBJECTS: dict[Stream, str] = {
     Stream.ORDERS: "orders.>",
     Stream.PAYMENTS: "payments.>",
     Stream.INVENTORY: "inventory.>",
     Stream.DLQ: "dlq.>",
-}
-
-DOMAIN_STREAM: dict[str, Stream] = {
-    "orders": Stream.ORDERS,
-    "payments": Stream.PAYMENTS,
-    "inventory": Stream.INVENTORY,
 }
 
 
@@ -54,10 +44,6 @@ class EventType(StrEnum):
     INVENTORY_RESERVED = "inventory.reserved"
     INVENTORY_FAILED = "inventory.failed"
     INVENTORY_RELEASED = "inventory.released"
-
-    @property
-    def stream(self) -> Stream:
-        return DOMAIN_STREAM[self.value.split(".", 1)[0]]
 
 
 def event_subject(event_type: str, order_id: str) -> str:
