@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from shared import inbox, outbox
 from shared.aio import reconnect_backoff_s, sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
-from shared.jetstream import ensure_consumer
+from shared.jetstream import ensure_consumer, fetch_ready
 from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
@@ -160,7 +160,7 @@ class Consumer:
         failures = 0
         while not stop.is_set():
             try:
-                msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
+                msgs = await fetch_ready(self._sub, self._batch_size)
             except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
                 continue
             except Exception as exc:  # NATS away or reconnecting: wait, do not spin.

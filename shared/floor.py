@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event, parse_envelope
-from shared.jetstream import ensure_consumer, ensure_streams
+from shared.jetstream import ensure_consumer, ensure_streams, fetch_ready
 from shared.subjects import EventType
 
 Decide = Callable[[Envelope], list[Event]]
@@ -78,7 +78,7 @@ async def relay(js: JetStreamContext, name: str, spec: ConsumerSpec, decide: Dec
     sub = await js.pull_subscribe_bind(durable, stream=spec.stream.value)
     while not stop.is_set():
         try:
-            msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
+            msgs: list[Msg] = await fetch_ready(sub, 256)
         except TimeoutError:
             continue
         futures = []

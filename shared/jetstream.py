@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -24,6 +25,12 @@ ACK_WAIT_S = 30.0
 
 MAX_ACK_PENDING = 4096
 """How many messages a consumer may hold unacknowledged: retries waiting on a delay do not block the rest."""
+
+READY_WINDOW_S = 0.005
+"""How long a fetch lingers for more once messages are flowing: a small batching window."""
+
+IDLE_WAIT_S = 1.0
+"""How long a fetch waits when nothing is ready, before the loop checks for shutdown."""
 
 STREAM_IN_USE = 10058  # JetStream's err_code for "stream name already in use with a different configuration"
 
@@ -49,6 +56,22 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 raise
             await js.update_stream(config)
             log.info("stream.updated", stream=stream.value)
+
+
+async def fetch_ready(sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+    """What is ready now, up to ``batch``; if nothing is, wait for the next message.
+
+    Not ``sub.fetch(batch, timeout=1)``: once its first message arrives, nats-py keeps waiting
+    for the batch to fill, up to the whole timeout, so a trickle of messages waits up to a
+    second at every hop. Here a lingering pull is either bounded to READY_WINDOW_S or asks for
+    one message and returns with it. Messages a pull delivers after its fetch returned wait in
+    the subscription and are taken first by the next fetch. Raises TimeoutError when idle.
+    """
+    try:
+        return await sub.fetch(batch, timeout=READY_WINDOW_S)
+    except TimeoutError:
+        pass
+    return await sub.fetch(1, timeout=IDLE_WAIT_S)
 
 
 def durable_name(service: str, stream: Stream) -> str:
