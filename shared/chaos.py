@@ -501,8 +501,14 @@ def main(argv: list[str] | None = None) -> None:
         "like '2m' (the server's own default); see docs/operations.md",
     )
     parser.add_argument("--settle-timeout", type=float, default=150.0)
-    parser.add_argument("--workdir", help="keep the store, SQLite files and logs here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", help="an empty or new folder for the store, SQLite files and logs (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
+    if args.workdir and Path(args.workdir).exists() and any(Path(args.workdir).iterdir()):
+        # The invariants compare a fresh ledger with the services' records: a store left by
+        # another run (deposits, orders, dead letters) would make them fail, or pass wrongly.
+        parser.error(f"--workdir {args.workdir} is not empty; a run needs a fresh system")
     exit_on_sigterm()
     raise SystemExit(asyncio.run(run(args)))
 

@@ -29,3 +29,11 @@ def test_fast_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     ):
         assert injected in done.stdout, injected
     assert "CANCELLED timeout" in done.stdout, "the long stop must make some orders time out"
+
+
+def test_chaos_refuses_a_workdir_left_by_another_run(tmp_path: Path) -> None:
+    (tmp_path / "payment_svc.sqlite3").write_bytes(b"left over")
+    cli = Path(sys.executable).parent / "saga-chaos"
+    done = subprocess.run([str(cli), "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "not empty" in done.stderr
