@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from shared.harness import NatsServer
 from shared.service import ServiceDefinition, serve
 from shared.settings import Settings
+from tests.conftest import poll
 
 
 @asynccontextmanager
@@ -62,3 +63,8 @@ async def deliveries(js: JetStreamContext, stream: str, durable: str) -> int:
     """How many deliveries (first ones and redeliveries) a durable consumer has made."""
     info = await js.consumer_info(stream, durable)
     return info.delivered.consumer_seq if info.delivered else 0
+
+
+async def drained(js: JetStreamContext, durable: str = "order_svc-orders") -> tuple[int, int, int]:
+    """Wait until the ORDERS consumer ``durable`` has nothing pending or unacknowledged."""
+    return await poll(lambda: consumer_state(js, "ORDERS", durable), lambda s: s[0] == 0 and s[1] == 0)

@@ -21,7 +21,7 @@ from shared.envelope import Envelope, Event
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique
-from tests.integration.conftest import consumer_state, query, running
+from tests.integration.conftest import drained, query, running
 
 ITEMS = [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}]
 
@@ -69,7 +69,7 @@ async def test_dead_letter_of_a_fixed_bug_is_listed_shown_and_replayed_exactly_o
         # Replaying the same dead letter again (say, by mistake) applies nothing twice.
         again = saga_dlq(url, "replay", str(dead.seq))
         assert again.returncode == 0, again.stderr
-        await poll(lambda: consumer_state(js, "ORDERS", "order_svc-orders"), lambda s: s[:2] == (0, 0))
+        await drained(js)
         assert query(settings.db_path, "SELECT count(*) FROM orders WHERE order_id = ?", order_id) == [(1,)]
         assert saga_dlq(url, "list").stdout.strip().endswith("0 dead letter(s)")
     assert await subject_count(js, "ORDERS", f"orders.created.{order_id}") == 1

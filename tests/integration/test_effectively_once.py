@@ -19,14 +19,9 @@ from shared.envelope import Envelope, Event
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique
-from tests.integration.conftest import consumer_state, deliveries, query, running
+from tests.integration.conftest import consumer_state, deliveries, drained, query, running
 
 ITEMS = [{"sku": "widget", "quantity": 2, "unit_price_cents": 150}]
-
-
-async def drained(js: JetStreamContext, durable: str = "order_svc-orders") -> tuple[int, int, int]:
-    """Wait until the consumer has nothing pending or unacknowledged."""
-    return await poll(lambda: consumer_state(js, "ORDERS", durable), lambda s: s[0] == 0 and s[1] == 0)
 
 
 async def test_same_event_with_three_msg_ids_creates_one_order_and_one_event(

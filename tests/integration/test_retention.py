@@ -20,7 +20,7 @@ from shared.retention import inbox_retention_floor_s, prune
 from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import poll, subject_count, unique
-from tests.integration.conftest import consumer_state, query, running
+from tests.integration.conftest import drained, query, running
 
 ITEMS = [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}]
 DAY = 86_400.0
@@ -71,7 +71,7 @@ async def test_duplicate_inside_the_retention_window_changes_nothing_after_a_pru
         finally:
             await store.close()
         await place_order(js, order_id, "alice", ITEMS, event_id=event_id, msg_id=unique("again"))
-        await poll(lambda: consumer_state(js, "ORDERS", "order_svc-orders"), lambda s: s[:2] == (0, 0))
+        await drained(js)
         assert query(settings.db_path, "SELECT count(*) FROM inbox WHERE event_id = ?", event_id) == [(1,)]
     assert await subject_count(js, "ORDERS", f"orders.created.{order_id}") == 1
     assert await subject_count(js, "ORDERS", f"orders.rejected.{order_id}") == 0
