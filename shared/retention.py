@@ -17,6 +17,8 @@ state machine keyed by order_id that refuses to apply a step twice (docs/operati
 from __future__ import annotations
 
 import asyncio
+import functools
+import sqlite3
 import time
 
 import structlog
@@ -59,28 +61,48 @@ async def prune(
 ) -> tuple[int, int]:
     """Delete inbox entries and published outbox rows older than their retention; return the counts."""
     now = time.time() if now is None else now
-    inbox_deleted = await _delete_in_chunks(
-        store,
-        "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE received_at < ? LIMIT ?)",
-        now - inbox_retention_s,
-    )
-    # Outbox ids grow with time, so the oldest rows come first in id order: no extra index.
-    outbox_deleted = await _delete_in_chunks(
-        store,
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL"
-        " AND published_at < ? ORDER BY id LIMIT ?)",
-        now - outbox_retention_s,
-    )
+    inbox_deleted = 0
+    while True:  # the received_at index finds old entries without scanning the rest
+        deleted = await store.run(
+            lambda tx: (
+                tx.execute(
+                    "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE received_at < ? LIMIT ?)",
+                    (now - inbox_retention_s, PRUNE_CHUNK),
+                ).rowcount
+            )
+        )
+        inbox_deleted += deleted
+        if deleted < PRUNE_CHUNK:
+            break
+    outbox_deleted = 0
+    after_id: int | None = 0
+    while after_id is not None:
+        deleted, after_id = await store.run(
+            functools.partial(_prune_outbox_chunk, after_id=after_id, cutoff=now - outbox_retention_s)
+        )
+        outbox_deleted += deleted
     return inbox_deleted, outbox_deleted
 
 
-async def _delete_in_chunks(store: Store, sql: str, cutoff: float) -> int:
-    deleted = 0
-    while True:
-        count = await store.run(lambda tx: tx.execute(sql, (cutoff, PRUNE_CHUNK)).rowcount)
-        deleted += count
-        if count < PRUNE_CHUNK:
-            return deleted
+def _prune_outbox_chunk(tx: sqlite3.Connection, after_id: int, cutoff: float) -> tuple[int, int | None]:
+    """Delete published rows older than ``cutoff`` among the next PRUNE_CHUNK ids after ``after_id``.
+
+    Outbox ids grow with creation time, so the rows old enough to prune are a prefix in id order:
+    walking rowid ranges and stopping at the first younger row never scans the recent bulk of
+    the table (a plain ``WHERE published_at < ?`` would scan all of it when nothing is old).
+    Returns the count deleted and where to continue, or None when the old prefix is done.
+    """
+    rows = tx.execute(
+        "SELECT id, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, PRUNE_CHUNK)
+    ).fetchall()
+    old = [row_id for row_id, created_at in rows if created_at < cutoff]
+    if not old:
+        return 0, None
+    deleted = tx.execute(
+        "DELETE FROM outbox WHERE id > ? AND id <= ? AND published_at IS NOT NULL AND published_at < ?",
+        (after_id, old[-1], cutoff),
+    ).rowcount
+    return deleted, old[-1] if len(old) == len(rows) == PRUNE_CHUNK else None
 
 
 async def run_pruning(store: Store, settings: Settings, stop: asyncio.Event) -> None:

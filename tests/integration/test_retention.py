@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
 from order_svc.repository import SCHEMA as ORDER_SCHEMA
+from shared import retention
 from shared.client import place_order
 from shared.envelope import Event
 from shared.outbox import add
@@ -38,7 +40,10 @@ async def test_prune_deletes_old_inbox_entries_and_old_published_outbox_rows_onl
             )
             add(tx, [Event("orders.created", f"o-{i}", {}).to_envelope(None) for i in range(4)])
             # o-0: published long ago; o-1: published recently; o-2, o-3: never published.
-            tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-0'", (now - 2 * DAY,))
+            tx.execute(
+                "UPDATE outbox SET created_at = ?, published_at = ? WHERE subject = 'orders.created.o-0'",
+                (now - 2.1 * DAY, now - 2 * DAY),
+            )
             tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-1'", (now - 60,))
             tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-2'", (now - 3 * DAY,))
 
@@ -88,3 +93,28 @@ def test_a_retention_below_the_safe_minimum_is_refused_at_start(tmp_path: Path) 
     )
     assert done.returncode == 2
     assert "INBOX_RETENTION_S" in done.stderr and "safe minimum" in done.stderr
+
+
+async def test_outbox_pruning_walks_chunk_by_chunk_and_stops_at_the_young_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "PRUNE_CHUNK", 5)
+    store = await Store.open(tmp_path / "s.sqlite3", ORDER_SCHEMA)
+    now = time.time()
+
+    def setup(tx: sqlite3.Connection) -> None:
+        for i in range(23):  # 17 old rows (two never published), then 6 young ones
+            old = i < 17
+            published = None if i in (3, 11) else (now - 2 * DAY if old else now - 10)
+            tx.execute(
+                "INSERT INTO outbox(event_id, subject, payload, created_at, published_at) VALUES (?, ?, ?, ?, ?)",
+                (f"e{i}", f"orders.created.o-{i}", b"", now - 3 * DAY if old else now - 20, published),
+            )
+
+    try:
+        await store.run(setup)
+        assert await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now) == (0, 15)
+    finally:
+        await store.close()
+    kept = [row[0] for row in query(tmp_path / "s.sqlite3", "SELECT event_id FROM outbox ORDER BY id")]
+    assert kept == ["e3", "e11"] + [f"e{i}" for i in range(17, 23)]
