@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from shared import client
 from shared.aio import sleep_unless_stopped
 from shared.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
+from shared.jetstream import Publisher
 from shared.subjects import Stream
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -132,24 +133,46 @@ class Tracker:
             self.finished.set()
 
 
+OFFER_CHUNK = 500
+"""Orders per pipelined publish in a burst: enough to keep the wire full, few enough to stay in the
+server's flow."""
+
+
 async def offer(nc: Client, orders: list[Order], rate: float | None, rng: random.Random) -> None:
     """Publish every order: as fast as acks allow (burst) or on an open-loop schedule (rate)."""
-    js = nc.jetstream()
-    acks: list[asyncio.Future[Any]] = []
+    publisher = Publisher(nc)
+    await publisher.start()
+    sending: list[asyncio.Task[list[str | None]]] = []
     started = time.monotonic()
-    for i, order in enumerate(orders):
+    next_order = 0
+    while next_order < len(orders):
         if rate:
-            # Open loop: order i is due at i / rate, whatever happened to the ones before.
-            delay = started + i / rate - time.monotonic()
+            # Open loop: order i is due at i / rate, whatever happened to the ones before; what is
+            # due goes out now, and its acks are awaited aside, never by the schedule.
+            delay = started + next_order / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        subject, body, event_id = order_body(order, rng)
-        order.published_at = time.monotonic()
-        acks.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": event_id}))
-        if len(acks) >= 2_000:  # bound what is in flight, not the schedule
-            await asyncio.gather(*acks)
-            acks.clear()
-    await asyncio.gather(*acks)
+            due = min(len(orders), int((time.monotonic() - started) * rate) + 1)
+        else:
+            due = min(len(orders), next_order + OFFER_CHUNK)
+        chunk = []
+        for order in orders[next_order:due]:
+            subject, body, event_id = order_body(order, rng)
+            order.published_at = time.monotonic()
+            chunk.append((subject, body, {"Nats-Msg-Id": event_id}))
+        next_order = due
+        sending.append(asyncio.create_task(publisher.publish(chunk, timeout_s=30.0)))
+        if len(sending) >= (100 if rate else 4):  # bound what is in flight, not the schedule
+            await _acknowledged(sending)
+    await _acknowledged(sending)
+
+
+async def _acknowledged(sending: list[asyncio.Task[list[str | None]]]) -> None:
+    for errors in await asyncio.gather(*sending):
+        failed = [error for error in errors if error is not None]
+        if failed:
+            raise RuntimeError(f"{len(failed)} orders were not accepted by JetStream: {failed[0]}")
+    sending.clear()
 
 
 async def progress(tracker: Tracker, total: int, stop: asyncio.Event) -> None:

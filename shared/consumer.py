@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from shared import inbox, outbox
 from shared.aio import reconnect_backoff_s, sleep_unless_stopped
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
-from shared.jetstream import ensure_consumer, fetch_ready
+from shared.jetstream import Puller, ensure_consumer
 from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
@@ -133,7 +133,7 @@ class Consumer:
         *,
         service: str,
         spec: ConsumerSpec,
-        js: JetStreamContext,
+        nc: Client,
         store: Store,
         relay: Relay,
         batch_size: int,
@@ -141,35 +141,40 @@ class Consumer:
     ) -> None:
         self.service = service
         self.spec = spec
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._store = store
         self._relay = relay
         self._batch_size = batch_size
         self._max_deliveries = max_deliveries
         self.name = ""
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._puller: Puller | None = None
 
     async def start(self) -> None:
-        """Ensure the durable consumer exists and bind a pull subscription to it."""
+        """Ensure the durable consumer exists and start pulling from it."""
         self.name = await ensure_consumer(self._js, self.service, self.spec.stream, self.spec.filter_subjects)
-        self._sub = await self._js.pull_subscribe_bind(self.name, stream=self.spec.stream.value)
+        self._puller = Puller(self._nc, self.spec.stream.value, self.name, self._batch_size)
+        await self._puller.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and process batches until ``stop``; the batch in hand is always finished."""
-        assert self._sub is not None, "start() first"
+        """Take and process batches until ``stop``; the batch in hand is always finished, and
+        what was delivered but not taken is handed back for the next run."""
+        assert self._puller is not None, "start() first"
         failures = 0
-        while not stop.is_set():
-            try:
-                msgs = await fetch_ready(self._sub, self._batch_size)
-            except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
-                continue
-            except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
-                failures += 1
-                log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
-                await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
-                continue
-            failures = 0
-            await self.process_batch(msgs)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await self._puller.take(self._batch_size)
+                except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
+                    failures += 1
+                    log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
+                    await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
+                    continue
+                failures = 0
+                if msgs:
+                    await self.process_batch(msgs)
+        finally:
+            await self._puller.close()
 
     async def process_batch(self, msgs: Sequence[Msg]) -> list[Outcome]:
         """Decode, apply in one transaction, then settle each message by its own outcome."""

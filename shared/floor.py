@@ -19,15 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 import nats
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event, parse_envelope
-from shared.jetstream import ensure_consumer, ensure_streams, fetch_ready
+from shared.jetstream import Publisher, Puller, ensure_consumer, ensure_streams
 from shared.subjects import EventType
 
 Decide = Callable[[Envelope], list[Event]]
+
+BATCH = 256
 
 
 def _order(env: Envelope) -> list[Event]:
@@ -73,15 +74,15 @@ def _inventory() -> Decide:
     return decide
 
 
-async def relay(js: JetStreamContext, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event) -> None:
-    durable = await ensure_consumer(js, f"floor_{name}", spec.stream, spec.filter_subjects)
-    sub = await js.pull_subscribe_bind(durable, stream=spec.stream.value)
+async def relay(
+    nc: Client, publisher: Publisher, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event
+) -> None:
+    durable = await ensure_consumer(nc.jetstream(), f"floor_{name}", spec.stream, spec.filter_subjects)
+    puller = Puller(nc, spec.stream.value, durable, BATCH)
+    await puller.start()
     while not stop.is_set():
-        try:
-            msgs: list[Msg] = await fetch_ready(sub, 256)
-        except TimeoutError:
-            continue
-        futures = []
+        msgs = await puller.take(BATCH)
+        outgoing = []
         for msg in msgs:
             try:
                 env = parse_envelope(msg.subject, msg.data)
@@ -89,13 +90,12 @@ async def relay(js: JetStreamContext, name: str, spec: ConsumerSpec, decide: Dec
                 continue
             for event in decide(env):
                 out = event.to_envelope(causation_id=env.event_id)
-                futures.append(
-                    await js.publish_async(out.subject, out.to_bytes(), headers={"Nats-Msg-Id": out.event_id})
-                )
-        if futures:
-            await asyncio.gather(*futures)
+                outgoing.append((out.subject, out.to_bytes(), {"Nats-Msg-Id": out.event_id}))
+        if outgoing:
+            await publisher.publish(outgoing, timeout_s=5.0)
         for msg in msgs:
             await msg.ack()
+    await puller.close()
 
 
 async def main_async(role: str) -> None:
@@ -113,9 +113,12 @@ async def main_async(role: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), max_reconnect_attempts=-1)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    tasks = [asyncio.create_task(relay(js, f"{role}_{i}", spec, decide, stop)) for i, spec in enumerate(specs)]
+    await ensure_streams(nc.jetstream())
+    publisher = Publisher(nc)
+    await publisher.start()
+    tasks = [
+        asyncio.create_task(relay(nc, publisher, f"{role}_{i}", spec, decide, stop)) for i, spec in enumerate(specs)
+    ]
     print('{"event": "service.started"}', flush=True)
     await asyncio.gather(*tasks)
     await nc.close()

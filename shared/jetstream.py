@@ -5,10 +5,18 @@ Any service may start first, so each one ensures all four streams exist with the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -26,11 +34,19 @@ ACK_WAIT_S = 30.0
 MAX_ACK_PENDING = 4096
 """How many messages a consumer may hold unacknowledged: retries waiting on a delay do not block the rest."""
 
-READY_WINDOW_S = 0.005
-"""How long a fetch lingers for more once messages are flowing: a small batching window."""
-
 IDLE_WAIT_S = 1.0
-"""How long a fetch waits when nothing is ready, before the loop checks for shutdown."""
+"""How long ``Puller.take`` waits when nothing is buffered, before the loop checks for shutdown."""
+
+PULL_EXPIRES_S = 2.0
+"""How long one pull request stays open at the server; an idle consumer renews it at this pace."""
+
+PULL_GRACE_S = 1.0
+"""Past every request's expiry by this much with no word from the server, the requests are
+written off (lost in a server restart) and asked for again."""
+
+STATUS_HEADER = "Status"
+PENDING_MESSAGES_HEADER = "Nats-Pending-Messages"
+HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT = "100", "404", "408"
 
 STREAM_IN_USE = 10058  # JetStream's err_code for "stream name already in use with a different configuration"
 
@@ -58,20 +74,150 @@ async def ensure_streams(js: JetStreamContext) -> None:
             log.info("stream.updated", stream=stream.value)
 
 
-async def fetch_ready(sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-    """What is ready now, up to ``batch``; if nothing is, wait for the next message.
+class Puller:
+    """A continuous pull from one durable consumer: what nats.go calls ``Consume``.
 
-    Not ``sub.fetch(batch, timeout=1)``: once its first message arrives, nats-py keeps waiting
-    for the batch to fill, up to the whole timeout, so a trickle of messages waits up to a
-    second at every hop. Here a lingering pull is either bounded to READY_WINDOW_S or asks for
-    one message and returns with it. Messages a pull delivers after its fetch returned wait in
-    the subscription and are taken first by the next fetch. Raises TimeoutError when idle.
+    Pull requests are kept outstanding (up to two batches' worth), so messages stream into a
+    local buffer while the previous batch is being processed, and ``take`` hands over whatever
+    is buffered at once: batches grow with the load by themselves, and a lone message is never
+    held back waiting for company. Not nats-py's ``fetch``: it wraps every message in a task
+    and a timer (``next_msg``), and lingers for a batch to fill once its first message came.
+
+    Book-keeping is by count: each request asks for ``batch`` messages for PULL_EXPIRES_S; a
+    delivered message takes one off, and the server's 408 at a request's expiry gives back
+    what it did not deliver. A request lost with the server (a restart) is written off once
+    every request sent has expired.
     """
-    try:
-        return await sub.fetch(batch, timeout=READY_WINDOW_S)
-    except TimeoutError:
-        pass
-    return await sub.fetch(1, timeout=IDLE_WAIT_S)
+
+    def __init__(self, nc: Client, stream: str, durable: str, batch: int) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._request = json.dumps({"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}).encode()
+        self._batch = batch
+        self._inbox = nc.new_inbox()
+        self._buffer: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._outstanding = 0
+        self._last_request = 0.0
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        if status is None:
+            self._outstanding = max(self._outstanding - 1, 0)
+            self._buffer.append(msg)
+            self._arrived.set()
+        elif status in (NO_MESSAGES, REQUEST_TIMEOUT):  # a request ended; here is what it did not deliver
+            undelivered = int(msg.headers.get(PENDING_MESSAGES_HEADER, 0)) if msg.headers else 0
+            self._outstanding = max(self._outstanding - undelivered, 0)
+        elif status != HEARTBEAT:
+            # 409: the server gave up on our requests (consumer deleted or changed, too many
+            # waiting requests, ...). Start afresh; take() asks again at its idle pace.
+            description = msg.headers.get("Description") if msg.headers else None
+            log.warning("pull.ended", status=status, description=description)
+            self._outstanding = 0
+
+    async def _top_up(self) -> None:
+        now = time.monotonic()
+        if self._outstanding and now - self._last_request > PULL_EXPIRES_S + PULL_GRACE_S:
+            self._outstanding = 0  # every request has expired by now: the rest is not coming
+        while self._outstanding <= self._batch:
+            await self._nc.publish(self._next_subject, self._request, reply=self._inbox)
+            self._outstanding += self._batch
+            self._last_request = now
+
+    async def take(self, most: int, wait_s: float = IDLE_WAIT_S) -> list[Msg]:
+        """What is buffered, up to ``most``; if nothing is, wait up to ``wait_s`` for a message."""
+        await self._top_up()
+        if not self._buffer:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
+            await self._top_up()
+        count = min(most, len(self._buffer))
+        return [self._buffer.popleft() for _ in range(count)]
+
+    async def close(self) -> None:
+        """Stop receiving; hand back what was delivered but not taken, for the next run."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        while self._buffer:
+            with contextlib.suppress(Exception):
+                await self._buffer.popleft().nak()
+
+
+class PublishError(Exception):
+    """JetStream did not acknowledge a publish: it refused it, nothing answered, or time ran out."""
+
+
+@dataclass
+class _PendingBatch:
+    errors: list[str | None]
+    unanswered: int
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Publisher:
+    """Pipelined JetStream publishing: a batch goes on the wire at once, then its acks are awaited.
+
+    Every publish carries a reply subject ``<inbox>.<n>`` on one subscription, so an ack costs
+    a counter and a bytes check. nats-py's ``publish_async`` costs a future, random bytes for
+    its token, a done-callback and a JSON parse per message, and awaiting those futures costs
+    as much again. One connection keeps a batch in order, so the stream sees the caller's order.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._next = 0
+        self._pending: dict[int, tuple[_PendingBatch, int]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            waiting = self._pending.pop(int(msg.subject[len(self._prefix) :]))
+        except (KeyError, ValueError):
+            return  # the ack of a publish whose batch already gave up waiting
+        batch, index = waiting
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        if status is not None:  # 503: no stream listens on the subject
+            batch.errors[index] = f"status {status}"
+        elif b'"error"' in msg.data:
+            batch.errors[index] = msg.data.decode(errors="replace")
+        else:
+            batch.errors[index] = None
+        batch.unanswered -= 1
+        if batch.unanswered == 0:
+            batch.answered.set()
+
+    async def publish(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]], timeout_s: float
+    ) -> list[str | None]:
+        """Publish ``(subject, payload, headers)`` in order; per message, None once the stream
+        stored it (or dropped it as a duplicate), else why not."""
+        if self._sub is None:
+            await self.start()
+        batch = _PendingBatch(["no acknowledgement in time"] * len(messages), len(messages))
+        first = self._next
+        self._next += len(messages)
+        try:
+            for index, (subject, payload, headers) in enumerate(messages):
+                self._pending[first + index] = (batch, index)
+                await self._nc.publish(subject, payload, reply=f"{self._prefix}{first + index}", headers=headers)
+            if messages:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batch.answered.wait(), timeout_s)
+        finally:
+            for seq in range(first, first + len(messages)):
+                self._pending.pop(seq, None)
+        return batch.errors
 
 
 def durable_name(service: str, stream: Stream) -> str:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from nats.js import JetStreamContext
 
 from shared.aio import reconnect_backoff_s, sleep_unless_stopped, wait_any
 from shared.envelope import Envelope
+from shared.jetstream import Publisher
 from shared.store import Store
 
 log = structlog.get_logger("outbox")
@@ -98,14 +98,14 @@ class Relay:
     def __init__(
         self,
         store: Store,
-        js: JetStreamContext,
+        publisher: Publisher,
         *,
         batch_size: int = 1024,
         ack_timeout_s: float = 5.0,
         idle_poll_s: float = 1.0,
     ) -> None:
         self._store = store
-        self._js = js
+        self._publisher = publisher
         self._batch_size = batch_size
         self._ack_timeout_s = ack_timeout_s
         self._idle_poll_s = idle_poll_s
@@ -160,23 +160,16 @@ class Relay:
         records = await self._next_batch()
         if not records:
             return 0
-        # Pipelined: every publish is on the wire before the first ack is awaited. One
-        # connection keeps them in order, so the stream sees the outbox order.
-        futures = [
-            await self._js.publish_async(r.subject, r.payload, headers={MSG_ID_HEADER: r.msg_id}) for r in records
-        ]
-        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)
-        for future in pending:
-            future.cancel()
-        published = [r.event_id for r, f in zip(records, futures, strict=True) if f in done and not f.exception()]
+        errors = await self._publisher.publish(
+            [(r.subject, r.payload, {MSG_ID_HEADER: r.msg_id}) for r in records], self._ack_timeout_s
+        )
+        published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
         if published:
             await self._store.run(functools.partial(_mark_published, event_ids=published))
         if len(published) < len(records):
             self._scan = True  # what did not go out is still unpublished in the table
-            errors = [repr(f.exception()) for f in done if f.exception()]
-            raise RelayError(
-                f"{len(records) - len(published)} of {len(records)} publishes failed or timed out", errors[:1]
-            )
+            first_error = next(error for error in errors if error is not None)
+            raise RelayError(f"{len(records) - len(published)} of {len(records)} publishes failed: {first_error}")
         return len(published)
 
     async def pending_count(self) -> int:

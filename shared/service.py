@@ -22,7 +22,7 @@ from nats.micro.service import ServiceConfig
 
 from shared.api import Endpoint, RepublishRequest, json_endpoint
 from shared.consumer import Consumer, ConsumerSpec
-from shared.jetstream import ensure_streams
+from shared.jetstream import Publisher, ensure_streams
 from shared.logging import configure_logging
 from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
@@ -107,13 +107,15 @@ async def serve(
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        relay = Relay(store, js)
+        publisher = Publisher(nc)
+        await publisher.start()
+        relay = Relay(store, publisher)
         ctx = ServiceContext(settings, store, relay)
         consumers = [
             Consumer(
                 service=settings.service,
                 spec=spec,
-                js=js,
+                nc=nc,
                 store=store,
                 relay=relay,
                 batch_size=settings.fetch_batch,
