@@ -1,5 +1,5 @@
-"""inventory_svc's handlers: learn lines from orders.created, reserve on payments.completed,
-commit on orders.confirmed, release on orders.cancelled."""
+"""inventory_svc's handlers: learn lines from orders.created, reserve on payments.completed
+(whichever of the two comes second), commit on orders.confirmed, release on orders.cancelled."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sqlite3
 import structlog
 
 from inventory_svc import domain, repository
-from shared.consumer import ConsumerSpec, RetryLater, Route
+from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderCancelled, OrderConfirmed, OrderCreated, PaymentCompleted
 from shared.envelope import Envelope, Event
 from shared.subjects import EventType, Stream
@@ -19,21 +19,29 @@ log = structlog.get_logger("inventory_svc")
 def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
     lines = domain.order_lines([(item.sku, item.quantity) for item in data.items])
     repository.add_order_lines(tx, env.order_id, lines)
+    if repository.take_early_payment(tx, env.order_id):
+        return _reserve(tx, env.order_id, lines)
     return []
 
 
 def on_payments_completed(tx: sqlite3.Connection, env: Envelope, data: PaymentCompleted) -> list[Event]:
-    existing = repository.get_reservation(tx, env.order_id)
+    lines = repository.get_order_lines(tx, env.order_id)
+    if lines is None:
+        # orders.created is always published before payments.completed, but on another stream,
+        # so it may reach us second: the reservation is made when it comes.
+        repository.add_early_payment(tx, env.order_id)
+        log.debug("reservation.awaiting_lines")
+        return []
+    return _reserve(tx, env.order_id, lines)
+
+
+def _reserve(tx: sqlite3.Connection, order_id: str, lines: dict[str, int]) -> list[Event]:
+    existing = repository.get_reservation(tx, order_id)
     if existing is not None:
         log.debug("reservation.skipped", status=existing.status.value)
         return []
-    lines = repository.get_order_lines(tx, env.order_id)
-    if lines is None:
-        # orders.created is always published before payments.completed, but on another
-        # stream: it may not have reached us yet.
-        raise RetryLater("waiting for orders.created")
     stock = repository.get_stock(tx, lines)
-    reservation, events = domain.reserve(env.order_id, lines, existing, stock)
+    reservation, events = domain.reserve(order_id, lines, existing, stock)
     if reservation is None:
         return []
     if reservation.status is domain.ReservationStatus.RESERVED:

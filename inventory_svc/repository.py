@@ -20,6 +20,12 @@ CREATE TABLE IF NOT EXISTS order_lines (
     order_id TEXT PRIMARY KEY,
     lines    TEXT NOT NULL
 ) WITHOUT ROWID;
+-- payments.completed that came before orders.created (they travel on different streams): the
+-- reservation is made when the lines arrive, instead of redelivering the payment until they do.
+CREATE TABLE IF NOT EXISTS early_payments (
+    order_id    TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     order_id   TEXT PRIMARY KEY,
     status     TEXT NOT NULL,
@@ -62,6 +68,15 @@ def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int]
 def get_order_lines(conn: sqlite3.Connection, order_id: str) -> dict[str, int] | None:
     row = conn.execute("SELECT lines FROM order_lines WHERE order_id = ?", (order_id,)).fetchone()
     return dict(json.loads(row["lines"])) if row else None
+
+
+def add_early_payment(tx: sqlite3.Connection, order_id: str) -> None:
+    tx.execute("INSERT OR IGNORE INTO early_payments(order_id, received_at) VALUES (?, ?)", (order_id, time.time()))
+
+
+def take_early_payment(tx: sqlite3.Connection, order_id: str) -> bool:
+    """Forget the order's early payment; True if there was one."""
+    return tx.execute("DELETE FROM early_payments WHERE order_id = ?", (order_id,)).rowcount == 1
 
 
 def get_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:

@@ -8,7 +8,6 @@ savepoint, so one message that fails rolls back only itself. The ack policy live
 - bad input               -> published to ``dlq.<service>`` byte for byte, then ``term``;
 - transient failure       -> ``nak(delay)`` with a growing delay, never dead-lettered;
 - handler failure (a bug) -> ``nak(delay)``; after MAX_DELIVERIES, dead-lettered ``max_deliveries``;
-- waiting (RetryLater)     -> the same, without a traceback in the log.
 """
 
 from __future__ import annotations
@@ -34,13 +33,6 @@ from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
 
 log = structlog.get_logger("consumer")
-
-
-class RetryLater(Exception):
-    """A handler cannot act yet but expects to (e.g. it waits for an earlier event on another
-    stream): redeliver after a growing delay. It counts towards MAX_DELIVERIES, so an event
-    whose prerequisite never comes (one published by hand, say) ends in the DLQ, not in an
-    endless loop; with the default 10 deliveries that is about 90 s of waiting."""
 
 
 DataT = TypeVar("DataT", bound=EventData)
@@ -238,9 +230,6 @@ class Consumer:
                     records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
             except BadMessage as bad:
                 return DeadLetter(bad.reason, bad.detail)
-            except RetryLater as wait:
-                log.info("event.retry_later", why=str(wait), deliveries=item.msg.metadata.num_delivered)
-                return Retry(transient=False, error=str(wait))
             except Exception as exc:
                 transient = is_transient_db_error(exc)
                 log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
