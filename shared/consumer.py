@@ -214,28 +214,46 @@ class Consumer:
                     item.outcome = Retry(transient=True, error=repr(exc))
 
     def _apply_batch(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
-        """Group commit: the whole batch in one transaction, each message in its own savepoint."""
-        for _, item in batch:
-            item.outcome = self._apply_one(tx, item)
+        """Group commit: the whole batch in one transaction, each message keeping its own outcome.
 
-    def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
+        Optimistic: the batch first runs straight through, as almost every batch succeeds. If
+        any message raises, everything the batch did is rolled back and it runs again with a
+        savepoint per message, so the failure undoes only itself (its neighbours' handlers may
+        then log twice). Two statements per message saved, in the common case.
+        """
+        try:
+            with savepoint(tx, "batch"):
+                for _, item in batch:
+                    item.outcome = self._apply_one(tx, item)
+            return
+        except Exception:
+            pass
+        for _, item in batch:
+            item.outcome = self._apply_one_isolated(tx, item)
+
+    def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Processed | Duplicate:
         env = item.envelope
         with about_message(env.type, env.order_id, env.event_id):
-            try:
-                with savepoint(tx):
-                    if not inbox.record(tx, env):
-                        log.debug("event.duplicate_skipped")
-                        return Duplicate()
-                    events = item.route.handler(tx, env, item.data)
-                    records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
-            except BadMessage as bad:
-                return DeadLetter(bad.reason, bad.detail)
-            except Exception as exc:
-                transient = is_transient_db_error(exc)
-                log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
-                return Retry(transient=transient, error=repr(exc))
+            if not inbox.record(tx, env):
+                log.debug("event.duplicate_skipped")
+                return Duplicate()
+            events = item.route.handler(tx, env, item.data)
+            records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
             log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(records)
+
+    def _apply_one_isolated(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
+        env = item.envelope
+        try:
+            with savepoint(tx):
+                return self._apply_one(tx, item)
+        except BadMessage as bad:
+            return DeadLetter(bad.reason, bad.detail)
+        except Exception as exc:
+            transient = is_transient_db_error(exc)
+            with about_message(env.type, env.order_id, env.event_id):
+                log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
+            return Retry(transient=transient, error=repr(exc))
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""

@@ -79,6 +79,11 @@ somehow missed the in-memory hand-over is still published (copies are dropped by
 MARK_CHUNK = 500
 """Event ids per UPDATE, well under SQLite's limit on bound parameters."""
 
+MARK_INTERVAL_S = 0.1
+"""Published rows are marked in one transaction at most this often, not one per publish round:
+under load a round is a few messages, and its own transaction cost as much as the publishing.
+A crash re-publishes at most this long's worth of rows, under the same Nats-Msg-Id."""
+
 
 def _mark_published(tx: sqlite3.Connection, event_ids: list[str]) -> None:
     now = time.time()
@@ -113,6 +118,8 @@ class Relay:
         self._queue: deque[OutboxRecord] = deque()
         self._scan = True  # at start, rows left by the previous run may be waiting
         self._last_scan = 0.0
+        self._unmarked: list[str] = []  # published and acknowledged, not yet marked in the table
+        self._marks_due = 0.0
 
     def enqueue(self, records: Sequence[OutboxRecord]) -> None:
         """Hand over rows a transaction just committed: published without reading them back."""
@@ -131,20 +138,23 @@ class Relay:
         while not stop.is_set():
             try:
                 sent = await self.publish_pending()
+                if sent == 0:
+                    self._wakeup.clear()
+                    marks_in = self._marks_due - time.monotonic() if self._unmarked else self._idle_poll_s
+                    await wait_any(stop, self._wakeup, timeout=max(min(marks_in, self._idle_poll_s), 0.0))
+                    if not self._wakeup.is_set() and self._unmarked:
+                        await self.flush_marks()  # quiet: record what went out
+                    elif not self._wakeup.is_set():
+                        self._scan = True  # idle: look at the table (cheap when it is clean)
                 failures = 0
             except Exception as exc:  # NATS away, timeouts: the rows stay and are retried.
                 failures += 1
                 log.warning("outbox.publish_failed", error=repr(exc), attempt=failures)
                 await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
-                continue
-            if sent == 0:
-                self._wakeup.clear()
-                await wait_any(stop, self._wakeup, timeout=self._idle_poll_s)
-                if not self._wakeup.is_set():  # idle: look at the table (cheap when it is clean)
-                    self._scan = True
 
     async def _next_batch(self) -> list[OutboxRecord]:
         if self._scan or time.monotonic() - self._last_scan > SAFETY_SCAN_S:
+            await self.flush_marks()  # else the scan would read them as still to publish
             self._last_scan = time.monotonic()
             # The table holds everything the queue does, in commit order: read it instead.
             self._scan = False
@@ -165,12 +175,27 @@ class Relay:
         )
         published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
         if published:
-            await self._store.run(functools.partial(_mark_published, event_ids=published))
+            if not self._unmarked:
+                self._marks_due = time.monotonic() + MARK_INTERVAL_S
+            self._unmarked.extend(published)
+            if time.monotonic() >= self._marks_due:
+                await self.flush_marks()
         if len(published) < len(records):
             self._scan = True  # what did not go out is still unpublished in the table
             first_error = next(error for error in errors if error is not None)
             raise RelayError(f"{len(records) - len(published)} of {len(records)} publishes failed: {first_error}")
         return len(published)
+
+    async def flush_marks(self) -> None:
+        """Mark every published row as such, in one transaction."""
+        if not self._unmarked:
+            return
+        event_ids, self._unmarked = self._unmarked, []
+        try:
+            await self._store.run(functools.partial(_mark_published, event_ids=event_ids))
+        except BaseException:
+            self._unmarked = event_ids + self._unmarked
+            raise
 
     async def pending_count(self) -> int:
         def count(conn: sqlite3.Connection) -> int:

@@ -190,6 +190,7 @@ async def _flush_outbox(relay: Relay) -> None:
     while asyncio.get_running_loop().time() < deadline:
         try:
             if await relay.publish_pending() == 0:
+                await relay.flush_marks()
                 return
         except Exception as exc:
             log.warning("outbox.flush_failed", error=repr(exc), left=await relay.pending_count())
