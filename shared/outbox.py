@@ -137,9 +137,10 @@ class Relay:
         failures = 0
         while not stop.is_set():
             try:
+                # Cleared before looking, so a hand-over while we look is never missed.
+                self._wakeup.clear()
                 sent = await self.publish_pending()
                 if sent == 0:
-                    self._wakeup.clear()
                     marks_in = self._marks_due - time.monotonic() if self._unmarked else self._idle_poll_s
                     await wait_any(stop, self._wakeup, timeout=max(min(marks_in, self._idle_poll_s), 0.0))
                     if not self._wakeup.is_set() and self._unmarked:
