@@ -113,6 +113,7 @@ class Puller:
         elif status in (NO_MESSAGES, REQUEST_TIMEOUT):  # a request ended; here is what it did not deliver
             undelivered = int(msg.headers.get(PENDING_MESSAGES_HEADER, 0)) if msg.headers else 0
             self._outstanding = max(self._outstanding - undelivered, 0)
+            self._arrived.set()  # a waiting take() asks again now, not at the end of its wait
         elif status != HEARTBEAT:
             # 409: the server gave up on our requests (consumer deleted or changed, too many
             # waiting requests, ...). Start afresh; take() asks again at its idle pace.
@@ -131,11 +132,12 @@ class Puller:
 
     async def take(self, most: int, wait_s: float = IDLE_WAIT_S) -> list[Msg]:
         """What is buffered, up to ``most``; if nothing is, wait up to ``wait_s`` for a message."""
+        deadline = time.monotonic() + wait_s
         await self._top_up()
-        if not self._buffer:
+        while not self._buffer and (remaining := deadline - time.monotonic()) > 0:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), wait_s)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             await self._top_up()
         count = min(most, len(self._buffer))
         return [self._buffer.popleft() for _ in range(count)]
