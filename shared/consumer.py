@@ -24,9 +24,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from shared import inbox, outbox
-from shared.aio import reconnect_backoff_s, sleep_unless_stopped
+from shared.aio import reconnect_backoff_s, sleep_unless_stopped, wait_any
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
-from shared.jetstream import Puller, ensure_consumer
+from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer
 from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
@@ -118,142 +118,42 @@ def retry_delay_s(num_delivered: int) -> float:
 
 
 class Consumer:
-    """Runs one durable pull consumer of one service."""
+    """One durable pull consumer of a service: its pull, its decoding and its ack policy.
 
-    def __init__(
-        self,
-        *,
-        service: str,
-        spec: ConsumerSpec,
-        nc: Client,
-        store: Store,
-        relay: Relay,
-        batch_size: int,
-        max_deliveries: int,
-    ) -> None:
+    The service's ``BatchLoop`` takes what all its consumers have ready and applies it together.
+    """
+
+    def __init__(self, *, service: str, spec: ConsumerSpec, nc: Client, batch_size: int, max_deliveries: int) -> None:
         self.service = service
         self.spec = spec
         self._nc = nc
         self._js = nc.jetstream()
-        self._store = store
-        self._relay = relay
         self._batch_size = batch_size
         self._max_deliveries = max_deliveries
         self.name = ""
         self._puller: Puller | None = None
 
-    async def start(self) -> None:
-        """Ensure the durable consumer exists and start pulling from it."""
+    async def start(self, arrived: asyncio.Event) -> None:
+        """Ensure the durable consumer exists and start pulling; ``arrived`` is set on every delivery."""
         self.name = await ensure_consumer(self._js, self.service, self.spec.stream, self.spec.filter_subjects)
-        self._puller = Puller(self._nc, self.spec.stream.value, self.name, self._batch_size)
+        self._puller = Puller(self._nc, self.spec.stream.value, self.name, self._batch_size, arrived)
         await self._puller.start()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Take and process batches until ``stop``; the batch in hand is always finished, and
-        what was delivered but not taken is handed back for the next run."""
+    async def take(self) -> list[Msg]:
+        """What has been delivered, up to a batch, without waiting."""
         assert self._puller is not None, "start() first"
-        failures = 0
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await self._puller.take(self._batch_size)
-                except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
-                    failures += 1
-                    log.warning("consumer.fetch_failed", consumer=self.name, error=repr(exc), attempt=failures)
-                    await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
-                    continue
-                failures = 0
-                if msgs:
-                    await self.process_batch(msgs)
-        finally:
+        return await self._puller.take_ready(self._batch_size)
+
+    async def close(self) -> None:
+        if self._puller is not None:
             await self._puller.close()
 
-    async def process_batch(self, msgs: Sequence[Msg]) -> list[Outcome]:
-        """Decode, apply in one transaction, then settle each message by its own outcome."""
-        outcomes: list[Outcome | None] = [None] * len(msgs)
-        decoded: list[tuple[int, Decoded]] = []
-        for i, msg in enumerate(msgs):
-            try:
-                decoded.append((i, self._decode(msg)))
-            except BadMessage as bad:
-                outcomes[i] = DeadLetter(bad.reason, bad.detail)
-        if decoded:
-            await self._apply(decoded)
-            for i, item in decoded:
-                outcomes[i] = item.outcome
-        final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
-        for outcome in final:
-            if isinstance(outcome, Processed):
-                self._relay.enqueue(outcome.records)
-        for msg, outcome in zip(msgs, final, strict=True):
-            try:
-                await self.settle(msg, outcome)
-            except Exception as error:
-                # NATS went away between commit and ack: the message comes back after ack_wait
-                # and the inbox recognises it, so nothing is lost or applied twice.
-                log.warning("consumer.settle_failed", consumer=self.name, error=repr(error))
-        return final
-
-    def _decode(self, msg: Msg) -> Decoded:
+    def decode(self, msg: Msg) -> Decoded:
         envelope = parse_envelope(msg.subject, msg.data)
         route = self.spec.routes.get(envelope.type)
         if route is None:  # only reachable if the filters and routes disagree
             raise BadMessage("unroutable", f"{self.name} has no handler for {envelope.type}")
         return Decoded(msg, envelope, route, parse_data(route.data_model, envelope))
-
-    async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:
-        try:
-            await self._store.run(functools.partial(self._apply_batch, batch))
-        except Exception as exc:
-            # BEGIN or COMMIT failed: nothing of this batch was stored. That is the store's
-            # trouble (a lock, a full disk), not the messages', so it never counts towards
-            # dead-lettering them. Dead letters and duplicates decided above still stand.
-            log.warning("batch.rolled_back", consumer=self.name, error=repr(exc))
-            for _, item in batch:
-                if isinstance(item.outcome, Processed) or item.outcome is None:
-                    item.outcome = Retry(transient=True, error=repr(exc))
-
-    def _apply_batch(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
-        """Group commit: the whole batch in one transaction, each message keeping its own outcome.
-
-        Optimistic: the batch first runs straight through, as almost every batch succeeds. If
-        any message raises, everything the batch did is rolled back and it runs again with a
-        savepoint per message, so the failure undoes only itself (its neighbours' handlers may
-        then log twice). Two statements per message saved, in the common case.
-        """
-        try:
-            with savepoint(tx, "batch"):
-                for _, item in batch:
-                    item.outcome = self._apply_one(tx, item)
-            return
-        except Exception:
-            pass
-        for _, item in batch:
-            item.outcome = self._apply_one_isolated(tx, item)
-
-    def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Processed | Duplicate:
-        env = item.envelope
-        with about_message(env.type, env.order_id, env.event_id):
-            if not inbox.record(tx, env):
-                log.debug("event.duplicate_skipped")
-                return Duplicate()
-            events = item.route.handler(tx, env, item.data)
-            records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
-            log.debug("event.processed", emitted=[e.type for e in events])
-            return Processed(records)
-
-    def _apply_one_isolated(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
-        env = item.envelope
-        try:
-            with savepoint(tx):
-                return self._apply_one(tx, item)
-        except BadMessage as bad:
-            return DeadLetter(bad.reason, bad.detail)
-        except Exception as exc:
-            transient = is_transient_db_error(exc)
-            with about_message(env.type, env.order_id, env.event_id):
-                log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
-            return Retry(transient=transient, error=repr(exc))
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""
@@ -308,6 +208,129 @@ class Consumer:
             subject=msg.subject,
             stream_sequence=seq,
         )
+
+
+class BatchLoop:
+    """A service's one processing loop: group commit across all its consumers.
+
+    Each round takes whatever every consumer has ready (never waiting for more), decodes it,
+    applies it all in one transaction, hands the committed events to the relay, and settles
+    each message by its own outcome. One loop, not one per consumer: separate loops would
+    queue for the one SQLite writer, each with a transaction of its own.
+    """
+
+    def __init__(self, consumers: Sequence[Consumer], store: Store, relay: Relay) -> None:
+        self.consumers = consumers
+        self._store = store
+        self._relay = relay
+        self._arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        for consumer in self.consumers:
+            await consumer.start(self._arrived)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process rounds until ``stop``; the round in hand is always finished, and what was
+        delivered but not taken is handed back for the next run."""
+        failures = 0
+        try:
+            while not stop.is_set():
+                self._arrived.clear()  # before looking, so a delivery while we look is not missed
+                try:
+                    taken = [(c, msg) for c in self.consumers for msg in await c.take()]
+                except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
+                    failures += 1
+                    log.warning("consumer.fetch_failed", error=repr(exc), attempt=failures)
+                    await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
+                    continue
+                failures = 0
+                if taken:
+                    await self.process(taken)
+                else:
+                    await wait_any(stop, self._arrived, timeout=IDLE_WAIT_S)
+        finally:
+            for consumer in self.consumers:
+                await consumer.close()
+
+    async def process(self, taken: Sequence[tuple[Consumer, Msg]]) -> list[Outcome]:
+        """Decode, apply in one transaction, then settle each message by its own outcome."""
+        outcomes: list[Outcome | None] = [None] * len(taken)
+        decoded: list[tuple[int, Decoded]] = []
+        for i, (consumer, msg) in enumerate(taken):
+            try:
+                decoded.append((i, consumer.decode(msg)))
+            except BadMessage as bad:
+                outcomes[i] = DeadLetter(bad.reason, bad.detail)
+        if decoded:
+            await self._apply(decoded)
+            for i, item in decoded:
+                outcomes[i] = item.outcome
+        final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
+        for outcome in final:
+            if isinstance(outcome, Processed):
+                self._relay.enqueue(outcome.records)
+        for (consumer, msg), outcome in zip(taken, final, strict=True):
+            try:
+                await consumer.settle(msg, outcome)
+            except Exception as error:
+                # NATS went away between commit and ack: the message comes back after ack_wait
+                # and the inbox recognises it, so nothing is lost or applied twice.
+                log.warning("consumer.settle_failed", consumer=consumer.name, error=repr(error))
+        return final
+
+    async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:
+        try:
+            await self._store.run(functools.partial(self._apply_batch, batch))
+        except Exception as exc:
+            # BEGIN or COMMIT failed: nothing of this batch was stored. That is the store's
+            # trouble (a lock, a full disk), not the messages', so it never counts towards
+            # dead-lettering them. Dead letters and duplicates decided above still stand.
+            log.warning("batch.rolled_back", error=repr(exc))
+            for _, item in batch:
+                if isinstance(item.outcome, Processed) or item.outcome is None:
+                    item.outcome = Retry(transient=True, error=repr(exc))
+
+    def _apply_batch(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
+        """Group commit: the whole batch in one transaction, each message keeping its own outcome.
+
+        Optimistic: the batch first runs straight through, as almost every batch succeeds. If
+        any message raises, everything the batch did is rolled back and it runs again with a
+        savepoint per message, so the failure undoes only itself (its neighbours' handlers may
+        then log twice). Two statements per message saved, in the common case.
+        """
+        try:
+            with savepoint(tx, "batch"):
+                for _, item in batch:
+                    item.outcome = self._apply_one(tx, item)
+            return
+        except Exception:
+            pass
+        for _, item in batch:
+            item.outcome = self._apply_one_isolated(tx, item)
+
+    def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Processed | Duplicate:
+        env = item.envelope
+        with about_message(env.type, env.order_id, env.event_id):
+            if not inbox.record(tx, env):
+                log.debug("event.duplicate_skipped")
+                return Duplicate()
+            events = item.route.handler(tx, env, item.data)
+            records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
+            log.debug("event.processed", emitted=[e.type for e in events])
+            return Processed(records)
+
+    def _apply_one_isolated(self, tx: sqlite3.Connection, item: Decoded) -> Outcome:
+        env = item.envelope
+        try:
+            with savepoint(tx):
+                return self._apply_one(tx, item)
+        except BadMessage as bad:
+            return DeadLetter(bad.reason, bad.detail)
+        except Exception as exc:
+            transient = is_transient_db_error(exc)
+            with about_message(env.type, env.order_id, env.event_id):
+                log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
+            return Retry(transient=transient, error=repr(exc))
 
 
 def _header_safe(text: str, limit: int = 1024) -> str:

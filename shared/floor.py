@@ -21,9 +21,10 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
+from shared.aio import wait_any
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event, parse_envelope
-from shared.jetstream import Publisher, Puller, ensure_consumer, ensure_streams
+from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
 from shared.subjects import EventType
 
 Decide = Callable[[Envelope], list[Event]]
@@ -78,10 +79,15 @@ async def relay(
     nc: Client, publisher: Publisher, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event
 ) -> None:
     durable = await ensure_consumer(nc.jetstream(), f"floor_{name}", spec.stream, spec.filter_subjects)
-    puller = Puller(nc, spec.stream.value, durable, BATCH)
+    arrived = asyncio.Event()
+    puller = Puller(nc, spec.stream.value, durable, BATCH, arrived)
     await puller.start()
     while not stop.is_set():
-        msgs = await puller.take(BATCH)
+        arrived.clear()
+        msgs = await puller.take_ready(BATCH)
+        if not msgs:
+            await wait_any(stop, arrived, timeout=IDLE_WAIT_S)
+            continue
         outgoing = []
         for msg in msgs:
             try:

@@ -78,9 +78,10 @@ class Puller:
     """A continuous pull from one durable consumer: what nats.go calls ``Consume``.
 
     Pull requests are kept outstanding (up to two batches' worth), so messages stream into a
-    local buffer while the previous batch is being processed, and ``take`` hands over whatever
+    local buffer while the previous batch is being processed, and ``take_ready`` hands over whatever
     is buffered at once: batches grow with the load by themselves, and a lone message is never
-    held back waiting for company. Not nats-py's ``fetch``: it wraps every message in a task
+    held back waiting for company. ``arrived`` is set on every delivery, so one loop can
+    wait on several pullers. Not nats-py's ``fetch``: it wraps every message in a task
     and a timer (``next_msg``), and lingers for a batch to fill once its first message came.
 
     Book-keeping is by count: each request asks for ``batch`` messages for PULL_EXPIRES_S; a
@@ -89,14 +90,14 @@ class Puller:
     every request sent has expired.
     """
 
-    def __init__(self, nc: Client, stream: str, durable: str, batch: int) -> None:
+    def __init__(self, nc: Client, stream: str, durable: str, batch: int, arrived: asyncio.Event) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._request = json.dumps({"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}).encode()
         self._batch = batch
         self._inbox = nc.new_inbox()
         self._buffer: deque[Msg] = deque()
-        self._arrived = asyncio.Event()
+        self._arrived = arrived
         self._outstanding = 0
         self._last_request = 0.0
         self._sub: Subscription | None = None
@@ -113,7 +114,7 @@ class Puller:
         elif status in (NO_MESSAGES, REQUEST_TIMEOUT):  # a request ended; here is what it did not deliver
             undelivered = int(msg.headers.get(PENDING_MESSAGES_HEADER, 0)) if msg.headers else 0
             self._outstanding = max(self._outstanding - undelivered, 0)
-            self._arrived.set()  # a waiting take() asks again now, not at the end of its wait
+            self._arrived.set()  # so the taker asks again now, not at the end of its idle wait
         elif status != HEARTBEAT:
             # 409: the server gave up on our requests (consumer deleted or changed, too many
             # waiting requests, ...). Start afresh; take() asks again at its idle pace.
@@ -130,15 +131,9 @@ class Puller:
             self._outstanding += self._batch
             self._last_request = now
 
-    async def take(self, most: int, wait_s: float = IDLE_WAIT_S) -> list[Msg]:
-        """What is buffered, up to ``most``; if nothing is, wait up to ``wait_s`` for a message."""
-        deadline = time.monotonic() + wait_s
+    async def take_ready(self, most: int) -> list[Msg]:
+        """What has been delivered, up to ``most``, without waiting; keeps requests open."""
         await self._top_up()
-        while not self._buffer and (remaining := deadline - time.monotonic()) > 0:
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            await self._top_up()
         count = min(most, len(self._buffer))
         return [self._buffer.popleft() for _ in range(count)]
 

@@ -21,7 +21,7 @@ from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
 from shared.api import Endpoint, RepublishRequest, json_endpoint
-from shared.consumer import Consumer, ConsumerSpec
+from shared.consumer import BatchLoop, Consumer, ConsumerSpec
 from shared.jetstream import Publisher, ensure_streams
 from shared.logging import configure_logging
 from shared.outbox import Relay, requeue
@@ -111,20 +111,21 @@ async def serve(
         await publisher.start()
         relay = Relay(store, publisher)
         ctx = ServiceContext(settings, store, relay)
-        consumers = [
-            Consumer(
-                service=settings.service,
-                spec=spec,
-                nc=nc,
-                store=store,
-                relay=relay,
-                batch_size=settings.fetch_batch,
-                max_deliveries=settings.max_deliveries,
-            )
-            for spec in definition.consumers
-        ]
-        for consumer in consumers:
-            await consumer.start()
+        batch_loop = BatchLoop(
+            [
+                Consumer(
+                    service=settings.service,
+                    spec=spec,
+                    nc=nc,
+                    batch_size=settings.fetch_batch,
+                    max_deliveries=settings.max_deliveries,
+                )
+                for spec in definition.consumers
+            ],
+            store,
+            relay,
+        )
+        await batch_loop.start()
         micro = await add_service(
             nc,
             ServiceConfig(name=definition.api_name, version=definition.version, description=definition.description),
@@ -134,10 +135,10 @@ async def serve(
 
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(relay_stop), name="relay")
-        work = [asyncio.create_task(c.run(stop), name=f"consumer:{c.name}") for c in consumers]
+        work = [asyncio.create_task(batch_loop.run(stop), name="consumers")]
         work += [asyncio.create_task(coro, name="background") for coro in definition.background(ctx, stop)]
         work.append(asyncio.create_task(run_pruning(store, settings, stop), name="pruning"))
-        log.info("service.started", consumers=[c.name for c in consumers])
+        log.info("service.started", consumers=[c.name for c in batch_loop.consumers])
         if started is not None:
             started.set()
 
