@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 
 def reconnect_backoff_s(attempt: int) -> float:
@@ -18,11 +19,23 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def wait_any(*events: asyncio.Event, timeout: float) -> None:
-    """Return when any of ``events`` is set, or after ``timeout`` seconds."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Return when ``event`` is set, or after ``timeout`` seconds.
+
+    For hot loops: one future and one timer, where waiting on several events costs a task each
+    and their cancellation. Pair it with ``forward(stop, event)`` so that a stop ends the wait.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+@contextlib.asynccontextmanager
+async def forward(source: asyncio.Event, target: asyncio.Event) -> AsyncIterator[None]:
+    """While inside, setting ``source`` also sets ``target``."""
+    watcher = asyncio.create_task(source.wait())
+    watcher.add_done_callback(lambda _: target.set())
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        yield
     finally:
-        for waiter in waiters:
-            waiter.cancel()
+        watcher.cancel()

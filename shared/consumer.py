@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from shared import inbox, outbox
-from shared.aio import reconnect_backoff_s, sleep_unless_stopped, wait_any
+from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
 from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer
 from shared.logging import about_message
@@ -232,25 +232,29 @@ class BatchLoop:
     async def run(self, stop: asyncio.Event) -> None:
         """Process rounds until ``stop``; the round in hand is always finished, and what was
         delivered but not taken is handed back for the next run."""
-        failures = 0
         try:
-            while not stop.is_set():
-                self._arrived.clear()  # before looking, so a delivery while we look is not missed
-                try:
-                    taken = [(c, msg) for c in self.consumers for msg in await c.take()]
-                except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
-                    failures += 1
-                    log.warning("consumer.fetch_failed", error=repr(exc), attempt=failures)
-                    await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
-                    continue
-                failures = 0
-                if taken:
-                    await self.process(taken)
-                else:
-                    await wait_any(stop, self._arrived, timeout=IDLE_WAIT_S)
+            async with forward(stop, self._arrived):  # a stop also ends the idle wait
+                await self._rounds(stop)
         finally:
             for consumer in self.consumers:
                 await consumer.close()
+
+    async def _rounds(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._arrived.clear()  # before looking, so a delivery while we look is not missed
+            try:
+                taken = [(c, msg) for c in self.consumers for msg in await c.take()]
+            except Exception as exc:  # NATS away or reconnecting: wait, do not spin.
+                failures += 1
+                log.warning("consumer.fetch_failed", error=repr(exc), attempt=failures)
+                await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
+                continue
+            failures = 0
+            if taken:
+                await self.process(taken)
+            else:
+                await wait_event(self._arrived, IDLE_WAIT_S)
 
     async def process(self, taken: Sequence[tuple[Consumer, Msg]]) -> list[Outcome]:
         """Decode, apply in one transaction, then settle each message by its own outcome."""

@@ -21,7 +21,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from shared.aio import wait_any
+from shared.aio import forward, wait_event
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event, parse_envelope
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
@@ -82,25 +82,26 @@ async def relay(
     arrived = asyncio.Event()
     puller = Puller(nc, spec.stream.value, durable, BATCH, arrived)
     await puller.start()
-    while not stop.is_set():
-        arrived.clear()
-        msgs = await puller.take_ready(BATCH)
-        if not msgs:
-            await wait_any(stop, arrived, timeout=IDLE_WAIT_S)
-            continue
-        outgoing = []
-        for msg in msgs:
-            try:
-                env = parse_envelope(msg.subject, msg.data)
-            except BadMessage:
+    async with forward(stop, arrived):
+        while not stop.is_set():
+            arrived.clear()
+            msgs = await puller.take_ready(BATCH)
+            if not msgs:
+                await wait_event(arrived, IDLE_WAIT_S)
                 continue
-            for event in decide(env):
-                out = event.to_envelope(causation_id=env.event_id)
-                outgoing.append((out.subject, out.to_bytes(), {"Nats-Msg-Id": out.event_id}))
-        if outgoing:
-            await publisher.publish(outgoing, timeout_s=5.0)
-        for msg in msgs:
-            await msg.ack()
+            outgoing = []
+            for msg in msgs:
+                try:
+                    env = parse_envelope(msg.subject, msg.data)
+                except BadMessage:
+                    continue
+                for event in decide(env):
+                    out = event.to_envelope(causation_id=env.event_id)
+                    outgoing.append((out.subject, out.to_bytes(), {"Nats-Msg-Id": out.event_id}))
+            if outgoing:
+                await publisher.publish(outgoing, timeout_s=5.0)
+            for msg in msgs:
+                await msg.ack()
     await puller.close()
 
 

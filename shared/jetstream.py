@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from shared.aio import wait_event
 from shared.subjects import STREAM_SUBJECTS, Stream
 
 log = structlog.get_logger("jetstream")
@@ -209,8 +210,7 @@ class Publisher:
                 self._pending[first + index] = (batch, index)
                 await self._nc.publish(subject, payload, reply=f"{self._prefix}{first + index}", headers=headers)
             if messages:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(batch.answered.wait(), timeout_s)
+                await wait_event(batch.answered, timeout_s)
         finally:
             for seq in range(first, first + len(messages)):
                 self._pending.pop(seq, None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from shared.aio import reconnect_backoff_s, sleep_unless_stopped, wait_any
+from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import Envelope
 from shared.jetstream import Publisher
 from shared.store import Store
@@ -134,6 +134,10 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; back off while NATS is away, never busy-loop."""
+        async with forward(stop, self._wakeup):  # a stop also ends the idle wait
+            await self._rounds(stop)
+
+    async def _rounds(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
@@ -142,7 +146,7 @@ class Relay:
                 sent = await self.publish_pending()
                 if sent == 0:
                     marks_in = self._marks_due - time.monotonic() if self._unmarked else self._idle_poll_s
-                    await wait_any(stop, self._wakeup, timeout=max(min(marks_in, self._idle_poll_s), 0.0))
+                    await wait_event(self._wakeup, max(min(marks_in, self._idle_poll_s), 0.0))
                     if not self._wakeup.is_set() and self._unmarked:
                         await self.flush_marks()  # quiet: record what went out
                     elif not self._wakeup.is_set():
