@@ -36,7 +36,7 @@ MAX_ACK_PENDING = 4096
 """How many messages a consumer may hold unacknowledged: retries waiting on a delay do not block the rest."""
 
 IDLE_WAIT_S = 1.0
-"""How long ``Puller.take`` waits when nothing is buffered, before the loop checks for shutdown."""
+"""How long a consuming loop waits when nothing was delivered, before it renews its pulls."""
 
 PULL_EXPIRES_S = 2.0
 """How long one pull request stays open at the server; an idle consumer renews it at this pace."""
@@ -118,7 +118,7 @@ class Puller:
             self._arrived.set()  # so the taker asks again now, not at the end of its idle wait
         elif status != HEARTBEAT:
             # 409: the server gave up on our requests (consumer deleted or changed, too many
-            # waiting requests, ...). Start afresh; take() asks again at its idle pace.
+            # waiting requests, ...). Start afresh: the taker asks again after its idle wait.
             description = msg.headers.get("Description") if msg.headers else None
             log.warning("pull.ended", status=status, description=description)
             self._outstanding = 0
@@ -146,10 +146,6 @@ class Puller:
         while self._buffer:
             with contextlib.suppress(Exception):
                 await self._buffer.popleft().nak()
-
-
-class PublishError(Exception):
-    """JetStream did not acknowledge a publish: it refused it, nothing answered, or time ran out."""
 
 
 @dataclass
