@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 
 from shared import inbox, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
-from shared.envelope import BadMessage, Envelope, Event, EventData, parse_data, parse_envelope
+from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
 from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer
 from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
@@ -149,11 +149,13 @@ class Consumer:
             await self._puller.close()
 
     def decode(self, msg: Msg) -> Decoded:
-        envelope = parse_envelope(msg.subject, msg.data)
-        route = self.spec.routes.get(envelope.type)
-        if route is None:  # only reachable if the filters and routes disagree
+        route = self.spec.routes.get(msg.subject.rpartition(".")[0])
+        if route is None:
+            # Not <type>.<order_id> for a type we route: the full checks say what is wrong.
+            envelope = parse_envelope(msg.subject, msg.data)
             raise BadMessage("unroutable", f"{self.name} has no handler for {envelope.type}")
-        return Decoded(msg, envelope, route, parse_data(route.data_model, envelope))
+        envelope, data = parse_event(msg.subject, msg.data, route.data_model)
+        return Decoded(msg, envelope, route, data)
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from shared.contract import OrderRequested
-from shared.envelope import BadMessage, Event, parse_data, parse_envelope
+from shared.contract import OrderCancelRequested, OrderRequested
+from shared.envelope import BadMessage, Event, parse_data, parse_envelope, parse_event
 
 
 def body(**overrides: object) -> bytes:
@@ -52,6 +52,10 @@ def test_bad_input_is_rejected_with_a_stable_reason(subject: str, raw: bytes, re
         parse_envelope(subject, raw)
     assert bad.value.reason == reason
     assert bad.value.detail
+    # The one-pass decoder the consumer uses gives the same reason ({} is valid cancel data).
+    with pytest.raises(BadMessage) as one_pass:
+        parse_event(subject, raw, OrderCancelRequested)
+    assert (one_pass.value.reason, one_pass.value.detail) == (bad.value.reason, bad.value.detail)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,18 @@ def test_order_request_data_is_checked_strictly(data: dict[str, object]) -> None
     with pytest.raises(BadMessage) as bad:
         parse_data(OrderRequested, env)
     assert bad.value.reason == "invalid_data"
+    with pytest.raises(BadMessage) as one_pass:
+        parse_event("orders.requested.o-1", body(data=data), OrderRequested)
+    assert (one_pass.value.reason, one_pass.value.detail) == ("invalid_data", bad.value.detail)
+
+
+def test_one_pass_decoding_gives_what_two_steps_give() -> None:
+    data = {"customer_id": "c", "items": [{"sku": "s", "quantity": 2, "unit_price_cents": 150}]}
+    raw = body(data=data, occurred_at="2026-11-21T10:00:00Z", causation_id="cause-1")
+    envelope, typed = parse_event("orders.requested.o-1", raw, OrderRequested)
+    two_step = parse_envelope("orders.requested.o-1", raw)
+    assert typed == parse_data(OrderRequested, two_step)
+    assert envelope.model_dump(exclude={"data"}) == two_step.model_dump(exclude={"data"})
 
 
 def test_emitted_event_envelope_round_trips_with_causation() -> None:
