@@ -299,20 +299,44 @@ class BatchLoop:
     def _apply_batch(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
         """Group commit: the whole batch in one transaction, each message keeping its own outcome.
 
-        Optimistic: the batch first runs straight through, as almost every batch succeeds. If
-        any message raises, everything the batch did is rolled back and it runs again with a
+        Optimistic: the batch first runs straight through, as almost every batch succeeds, with
+        one inbox lookup, one inbox insert and one outbox insert for the whole round. If any
+        message raises, everything the batch did is rolled back and it runs again with a
         savepoint per message, so the failure undoes only itself (its neighbours' handlers may
-        then log twice). Two statements per message saved, in the common case.
+        then log twice).
         """
         try:
             with savepoint(tx, "batch"):
-                for _, item in batch:
-                    item.outcome = self._apply_one(tx, item)
+                self._apply_straight(batch, tx)
             return
         except Exception:
             pass
         for _, item in batch:
             item.outcome = self._apply_one_isolated(tx, item)
+
+    def _apply_straight(self, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
+        seen = inbox.seen(tx, [item.envelope.event_id for _, item in batch])
+        fresh: list[Envelope] = []
+        emitted: list[OutboxRecord] = []
+        for _, item in batch:
+            env = item.envelope
+            with about_message(env.type, env.order_id, env.event_id):
+                seen_as = seen.get(env.event_id)
+                if seen_as is not None:  # before, or earlier in this round
+                    if reused := inbox.reused_id(env, seen_as):
+                        raise reused
+                    log.debug("event.duplicate_skipped")
+                    item.outcome = Duplicate()
+                    continue
+                seen[env.event_id] = (env.type, env.order_id)
+                events = item.route.handler(tx, env, item.data)
+                records = outbox.to_records([e.to_envelope(causation_id=env.event_id) for e in events])
+                log.debug("event.processed", emitted=[e.type for e in events])
+                fresh.append(env)
+                emitted.extend(records)
+                item.outcome = Processed(records)
+        inbox.record_all(tx, fresh)
+        outbox.insert(tx, emitted)
 
     def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Processed | Duplicate:
         env = item.envelope

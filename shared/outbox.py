@@ -44,14 +44,23 @@ class OutboxRecord:
 
 def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
     """Queue ``envelopes`` for publishing; they go out only if the caller's transaction commits."""
-    records = [OutboxRecord(e.event_id, e.subject, e.to_bytes(), e.event_id) for e in envelopes]
+    records = to_records(envelopes)
+    insert(conn, records)
+    return records
+
+
+def to_records(envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
+    return [OutboxRecord(e.event_id, e.subject, e.to_bytes(), e.event_id) for e in envelopes]
+
+
+def insert(conn: sqlite3.Connection, records: Sequence[OutboxRecord]) -> None:
+    """Write ``records`` as outbox rows in the caller's transaction (``add`` in two steps)."""
     if records:
         now = time.time()
         conn.executemany(
             "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
             [(r.event_id, r.subject, r.payload, now) for r in records],
         )
-    return records
 
 
 async def requeue(store: Store, subject: str) -> int:
