@@ -330,7 +330,7 @@ class BatchLoop:
                     continue
                 seen[env.event_id] = (env.type, env.order_id)
                 events = item.route.handler(tx, env, item.data)
-                records = outbox.to_records([e.to_envelope(causation_id=env.event_id) for e in events])
+                records = outbox.from_events(events, env.event_id)
                 log.debug("event.processed", emitted=[e.type for e in events])
                 fresh.append(env)
                 emitted.extend(records)
@@ -345,7 +345,8 @@ class BatchLoop:
                 log.debug("event.duplicate_skipped")
                 return Duplicate()
             events = item.route.handler(tx, env, item.data)
-            records = outbox.add(tx, [e.to_envelope(causation_id=env.event_id) for e in events])
+            records = outbox.from_events(events, env.event_id)
+            outbox.insert(tx, records)
             log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(records)
 

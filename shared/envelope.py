@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import to_json
 
 from shared.subjects import ORDER_ID_PATTERN, event_subject
 
@@ -137,15 +137,25 @@ class Event:
 
     def to_envelope(self, causation_id: str | None) -> Envelope:
         # model_construct skips validation: the data was validated on its way in or built
-        # by the domain from validated data, and this runs for every event emitted.
-        return Envelope.model_construct(
-            event_id=new_event_id(),
-            type=self.type,
-            order_id=self.order_id,
-            occurred_at=datetime.now(UTC),
-            causation_id=causation_id,
-            data=self.data,
-        )
+        # by the domain from validated data.
+        return Envelope.model_construct(**self._fields(causation_id))
+
+    def to_json(self, causation_id: str | None) -> tuple[str, bytes]:
+        """``(event_id, the envelope as JSON)``, the same bytes ``to_envelope(...).to_bytes()``
+        gives (same fields, same order, datetimes as RFC 3339 with ``Z``), without building
+        the model: this runs for every event emitted, and a model costs three times as much."""
+        fields = self._fields(causation_id)
+        return fields["event_id"], to_json(fields)
+
+    def _fields(self, causation_id: str | None) -> dict[str, Any]:
+        return {
+            "event_id": new_event_id(),
+            "type": self.type,
+            "order_id": self.order_id,
+            "occurred_at": datetime.now(UTC),
+            "causation_id": causation_id,
+            "data": self.data,
+        }
 
 
 def new_event_id() -> str:
@@ -164,4 +174,5 @@ def new_event_id() -> str:
         | 0b10 << 62  # the RFC's variant
         | random_bits & ((1 << 62) - 1)
     )
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, at half the cost
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import structlog
 
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
-from shared.envelope import Envelope
+from shared.envelope import Envelope, Event
 from shared.jetstream import Publisher
 from shared.store import Store
+from shared.subjects import event_subject
 
 log = structlog.get_logger("outbox")
 
@@ -51,6 +52,15 @@ def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> list[OutboxR
 
 def to_records(envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
     return [OutboxRecord(e.event_id, e.subject, e.to_bytes(), e.event_id) for e in envelopes]
+
+
+def from_events(events: Sequence[Event], causation_id: str) -> list[OutboxRecord]:
+    """The records of events a handler returned, caused by the event ``causation_id``."""
+    records = []
+    for event in events:
+        event_id, payload = event.to_json(causation_id)
+        records.append(OutboxRecord(event_id, event_subject(event.type, event.order_id), payload, event_id))
+    return records
 
 
 def insert(conn: sqlite3.Connection, records: Sequence[OutboxRecord]) -> None:

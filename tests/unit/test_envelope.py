@@ -1,9 +1,10 @@
 import json
+import uuid
 
 import pytest
 
 from shared.contract import OrderCancelRequested, OrderRequested
-from shared.envelope import BadMessage, Event, parse_data, parse_envelope, parse_event
+from shared.envelope import BadMessage, Envelope, Event, new_event_id, parse_data, parse_envelope, parse_event
 
 
 def body(**overrides: object) -> bytes:
@@ -96,3 +97,24 @@ def test_emitted_event_envelope_round_trips_with_causation() -> None:
     assert parsed.subject == "payments.completed.o-1"
     assert parsed.causation_id == "cause-1"
     assert parsed.occurred_at is not None
+
+
+def test_emitted_event_json_is_the_envelope_the_model_would_write() -> None:
+    event = Event("orders.created", "o-1", {"customer_id": "c", "items": [], "total_cents": 0})
+    event_id, payload = event.to_json("cause-1")
+    parsed = parse_envelope("orders.created.o-1", payload)
+    assert (parsed.event_id, parsed.type, parsed.order_id, parsed.causation_id, parsed.data) == (
+        event_id,
+        "orders.created",
+        "o-1",
+        "cause-1",
+        event.data,
+    )
+    assert payload == parsed.to_bytes()  # same keys, order and formats as model_dump_json
+    assert list(json.loads(payload)) == list(Envelope.model_fields)
+
+
+def test_event_ids_are_uuid7_in_canonical_form_and_time_ordered() -> None:
+    first, second = new_event_id(), new_event_id()
+    assert str(uuid.UUID(first)) == first and uuid.UUID(first).version == 7
+    assert first[:13] <= second[:13]  # the millisecond prefix never goes back
