@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable
+
+from pydantic_core import from_json, to_json
 
 from inventory_svc.domain import Reservation, ReservationStatus, Stock
 
@@ -62,12 +63,12 @@ def save_stock(tx: sqlite3.Connection, items: Iterable[Stock]) -> None:
 
 
 def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int]) -> None:
-    tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, json.dumps(lines)))
+    tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, to_json(lines).decode()))
 
 
 def get_order_lines(conn: sqlite3.Connection, order_id: str) -> dict[str, int] | None:
     row = conn.execute("SELECT lines FROM order_lines WHERE order_id = ?", (order_id,)).fetchone()
-    return dict(json.loads(row["lines"])) if row else None
+    return dict(from_json(row["lines"])) if row else None
 
 
 def add_early_payment(tx: sqlite3.Connection, order_id: str) -> None:
@@ -83,7 +84,7 @@ def get_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | No
     row = conn.execute("SELECT * FROM reservations WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
-    return Reservation(row["order_id"], ReservationStatus(row["status"]), dict(json.loads(row["lines"])), row["reason"])
+    return Reservation(row["order_id"], ReservationStatus(row["status"]), dict(from_json(row["lines"])), row["reason"])
 
 
 def save_reservation(tx: sqlite3.Connection, reservation: Reservation) -> None:
@@ -94,7 +95,7 @@ def save_reservation(tx: sqlite3.Connection, reservation: Reservation) -> None:
         (
             reservation.order_id,
             reservation.status.value,
-            json.dumps(reservation.lines),
+            to_json(reservation.lines).decode(),
             reservation.reason,
             time.time(),
         ),

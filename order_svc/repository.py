@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
+
+from pydantic import TypeAdapter
 
 from order_svc.domain import Order, OrderStatus
 from shared.contract import OrderItem
@@ -25,11 +26,15 @@ CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE sta
 """
 
 
+ITEMS = TypeAdapter(list[OrderItem])
+"""An order's items as the JSON column holds them: one pass each way, read on every event."""
+
+
 def from_row(row: sqlite3.Row) -> Order:
     return Order(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
-        items=[OrderItem.model_validate(i) for i in json.loads(row["items"])],
+        items=ITEMS.validate_json(row["items"]),
         total_cents=row["total_cents"],
         status=OrderStatus(row["status"]),
         created_at=row["created_at"],
@@ -50,7 +55,7 @@ def add(tx: sqlite3.Connection, order: Order) -> None:
         (
             order.order_id,
             order.customer_id,
-            json.dumps([i.model_dump() for i in order.items]),
+            ITEMS.dump_json(order.items).decode(),
             order.total_cents,
             order.status.value,
             order.reason,

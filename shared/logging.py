@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -24,14 +23,20 @@ EVENT_KEYS = ("event_type", "order_id", "event_id")
 _MESSAGE: ContextVar[tuple[str, str, str] | None] = ContextVar("saga_message", default=None)
 
 
-@contextmanager
-def about_message(event_type: str, order_id: str, event_id: str) -> Iterator[None]:
-    """Every line logged inside is about this message."""
-    token = _MESSAGE.set((event_type, order_id, event_id))
-    try:
-        yield
-    finally:
-        _MESSAGE.reset(token)
+class about_message:
+    """``with about_message(type, order_id, event_id):`` every line logged inside is about this
+    message. A class, not ``@contextmanager``: it is entered for every message processed."""
+
+    __slots__ = ("_token", "_values")
+
+    def __init__(self, event_type: str, order_id: str, event_id: str) -> None:
+        self._values = (event_type, order_id, event_id)
+
+    def __enter__(self) -> None:
+        self._token = _MESSAGE.set(self._values)
+
+    def __exit__(self, *exc: object) -> None:
+        _MESSAGE.reset(self._token)
 
 
 def _add_message_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
