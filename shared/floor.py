@@ -1,7 +1,8 @@
 """Bare relays for ``saga-bench --floor``: the same hops as the saga with none of its guarantees.
 
 ``python -m shared.floor order|payment|inventory`` consumes the same subjects as the real
-service, decodes each message the same way, publishes the next event the same way (pipelined,
+service with the same pull, decodes each message the same way (one validation pass against the
+route's data model), writes the next event's JSON and publishes it the same way (pipelined,
 ``Nats-Msg-Id`` set) and acks — with no store, no dedup, no outbox, no compensation records. The
 decisions follow the benchmark's naming: a ``poor-`` customer cannot pay, a ``scarce-`` sku is
 out of stock. inventory keeps each order's items in a dict (what the real one keeps in SQLite),
@@ -23,45 +24,45 @@ from nats.aio.client import Client
 
 from shared.aio import forward, wait_event
 from shared.consumer import ConsumerSpec
-from shared.envelope import BadMessage, Envelope, Event, parse_envelope
+from shared.envelope import BadMessage, Envelope, Event, parse_event
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
-from shared.subjects import EventType
+from shared.subjects import EventType, event_subject
 
-Decide = Callable[[Envelope], list[Event]]
+Decide = Callable[[Envelope, Any], list[Event]]
+"""What a relay emits for a decoded event: ``(envelope, data)``, data typed by the route's model."""
 
 BATCH = 256
 
 
-def _order(env: Envelope) -> list[Event]:
+def _order(env: Envelope, data: Any) -> list[Event]:
     match env.type:
         case EventType.ORDERS_REQUESTED:
-            items = env.data["items"]
+            items = [item.model_dump() for item in data.items]
             total = sum(i["quantity"] * i["unit_price_cents"] for i in items)
-            data = {"customer_id": env.data["customer_id"], "items": items, "total_cents": total}
-            return [Event(EventType.ORDERS_CREATED, env.order_id, data)]
+            created = {"customer_id": data.customer_id, "items": items, "total_cents": total}
+            return [Event(EventType.ORDERS_CREATED, env.order_id, created)]
         case EventType.INVENTORY_RESERVED:
             return [Event(EventType.ORDERS_CONFIRMED, env.order_id, {"total_cents": 0})]
         case EventType.PAYMENTS_FAILED | EventType.INVENTORY_FAILED:
-            return [Event(EventType.ORDERS_CANCELLED, env.order_id, {"reason": env.data["reason"]})]
+            return [Event(EventType.ORDERS_CANCELLED, env.order_id, {"reason": data.reason})]
     return []
 
 
-def _payment(env: Envelope) -> list[Event]:
+def _payment(env: Envelope, data: Any) -> list[Event]:
     if env.type != EventType.ORDERS_CREATED:
         return []
-    customer = env.data["customer_id"]
-    if customer.startswith("poor-"):
+    if data.customer_id.startswith("poor-"):
         return [Event(EventType.PAYMENTS_FAILED, env.order_id, {"reason": "insufficient_funds"})]
-    data = {"customer_id": customer, "amount_cents": env.data["total_cents"]}
-    return [Event(EventType.PAYMENTS_COMPLETED, env.order_id, data)]
+    completed = {"customer_id": data.customer_id, "amount_cents": data.total_cents}
+    return [Event(EventType.PAYMENTS_COMPLETED, env.order_id, completed)]
 
 
 def _inventory() -> Decide:
     lines: dict[str, list[dict[str, Any]]] = {}
 
-    def decide(env: Envelope) -> list[Event]:
+    def decide(env: Envelope, data: Any) -> list[Event]:
         if env.type == EventType.ORDERS_CREATED:
-            lines[env.order_id] = [{"sku": i["sku"], "quantity": i["quantity"]} for i in env.data["items"]]
+            lines[env.order_id] = [{"sku": i.sku, "quantity": i.quantity} for i in data.items]
             return []
         if env.type != EventType.PAYMENTS_COMPLETED:
             lines.pop(env.order_id, None)
@@ -91,13 +92,16 @@ async def relay(
                 continue
             outgoing = []
             for msg in msgs:
+                route = spec.routes.get(msg.subject.rpartition(".")[0])
                 try:
-                    env = parse_envelope(msg.subject, msg.data)
+                    if route is None:
+                        raise BadMessage("unroutable")
+                    env, data = parse_event(msg.subject, msg.data, route.data_model)
                 except BadMessage:
                     continue
-                for event in decide(env):
-                    out = event.to_envelope(causation_id=env.event_id)
-                    outgoing.append((out.subject, out.to_bytes(), {"Nats-Msg-Id": out.event_id}))
+                for event in decide(env, data):
+                    event_id, payload = event.to_json(env.event_id)
+                    outgoing.append((event_subject(event.type, event.order_id), payload, {"Nats-Msg-Id": event_id}))
             if outgoing:
                 await publisher.publish(outgoing, timeout_s=5.0)
             for msg in msgs:
