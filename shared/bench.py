@@ -228,6 +228,9 @@ def timeline(orders: list[Order], start: float) -> list[dict[str, float]]:
 
 
 async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
+    # Start on a quiet disk: the previous run's files (its stream store, its SQLite files) may
+    # still be written back by the kernel, which would cost this run CPU and I/O it did not cause.
+    await asyncio.to_thread(os.sync)
     workdir = Path(tempfile.mkdtemp(prefix=f"saga-bench-{label}-"))
     server = NatsServer(workdir / "nats", sync_interval=args.nats_sync)
     env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level}
