@@ -272,9 +272,8 @@ class BatchLoop:
             for i, item in decoded:
                 outcomes[i] = item.outcome
         final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
-        for outcome in final:
-            if isinstance(outcome, Processed):
-                self._relay.enqueue(outcome.records)
+        # Committed: the events go out before the acks, in the same write.
+        await self._relay.send([record for o in final if isinstance(o, Processed) for record in o.records])
         for (consumer, msg), outcome in zip(taken, final, strict=True):
             try:
                 await consumer.settle(msg, outcome)

@@ -10,8 +10,8 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client
@@ -21,7 +21,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from shared.aio import wait_event
 from shared.subjects import STREAM_SUBJECTS, Stream
 
 log = structlog.get_logger("jetstream")
@@ -150,13 +149,15 @@ class Puller:
 
 @dataclass
 class _PendingBatch:
+    first: int
     errors: list[str | None]
+    on_done: Callable[[list[str | None]], None]
     unanswered: int
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
 
 
 class Publisher:
-    """Pipelined JetStream publishing: a batch goes on the wire at once, then its acks are awaited.
+    """Pipelined JetStream publishing: a batch goes on the wire at once, then its acks come in.
 
     Every publish carries a reply subject ``<inbox>.<n>`` on one subscription, so an ack costs
     a counter and a bytes check. nats-py's ``publish_async`` costs a future, random bytes for
@@ -189,28 +190,54 @@ class Publisher:
             batch.errors[index] = None
         batch.unanswered -= 1
         if batch.unanswered == 0:
-            batch.answered.set()
+            self._finish(batch)
+
+    def _finish(self, batch: _PendingBatch) -> None:
+        if batch.timer is not None:
+            batch.timer.cancel()
+        for seq in range(batch.first, batch.first + len(batch.errors)):
+            self._pending.pop(seq, None)
+        batch.on_done(batch.errors)
+
+    async def send(
+        self,
+        messages: Sequence[tuple[str, bytes, dict[str, str]]],
+        timeout_s: float,
+        on_done: Callable[[list[str | None]], None],
+    ) -> None:
+        """Publish ``(subject, payload, headers)`` in order without waiting for the acks;
+        ``on_done(errors)`` runs once they are all in or ``timeout_s`` has passed: per message,
+        None once the stream stored it (or dropped it as a duplicate), else why not. Raises
+        (and ``on_done`` never runs) if the messages could not all be written."""
+        if self._sub is None:
+            await self.start()
+        batch = _PendingBatch(self._next, ["no acknowledgement in time"] * len(messages), on_done, len(messages))
+        self._next += len(messages)
+        try:
+            for index, (subject, payload, headers) in enumerate(messages):
+                self._pending[batch.first + index] = (batch, index)
+                await self._nc.publish(subject, payload, reply=f"{self._prefix}{batch.first + index}", headers=headers)
+        except BaseException:
+            for seq in range(batch.first, batch.first + len(messages)):
+                self._pending.pop(seq, None)
+            raise
+        if not messages:
+            on_done([])
+        elif batch.unanswered:  # acks may all be in already, if publish had to wait for the socket
+            batch.timer = asyncio.get_running_loop().call_later(timeout_s, self._finish, batch)
 
     async def publish(
         self, messages: Sequence[tuple[str, bytes, dict[str, str]]], timeout_s: float
     ) -> list[str | None]:
-        """Publish ``(subject, payload, headers)`` in order; per message, None once the stream
-        stored it (or dropped it as a duplicate), else why not."""
-        if self._sub is None:
-            await self.start()
-        batch = _PendingBatch(["no acknowledgement in time"] * len(messages), len(messages))
-        first = self._next
-        self._next += len(messages)
-        try:
-            for index, (subject, payload, headers) in enumerate(messages):
-                self._pending[first + index] = (batch, index)
-                await self._nc.publish(subject, payload, reply=f"{self._prefix}{first + index}", headers=headers)
-            if messages:
-                await wait_event(batch.answered, timeout_s)
-        finally:
-            for seq in range(first, first + len(messages)):
-                self._pending.pop(seq, None)
-        return batch.errors
+        """``send`` and wait for the outcome."""
+        outcome: asyncio.Future[list[str | None]] = asyncio.get_running_loop().create_future()
+
+        def resolve(errors: list[str | None]) -> None:
+            if not outcome.done():
+                outcome.set_result(errors)
+
+        await self.send(messages, timeout_s, resolve)
+        return await outcome
 
 
 def durable_name(service: str, stream: Stream) -> str:

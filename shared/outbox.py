@@ -139,12 +139,66 @@ class Relay:
         self._last_scan = 0.0
         self._unmarked: list[str] = []  # published and acknowledged, not yet marked in the table
         self._marks_due = 0.0
+        self._publishing = False  # the relay task has a batch of its own on the wire
+        self._in_flight = 0  # batches sent straight from a round, acks not all in
+        self._all_landed = asyncio.Event()
+        self._all_landed.set()
+        self._last_sent = 0.0
 
     def enqueue(self, records: Sequence[OutboxRecord]) -> None:
         """Hand over rows a transaction just committed: published without reading them back."""
         if records:
             self._queue.extend(records)
             self._wakeup.set()
+
+    async def send(self, records: Sequence[OutboxRecord]) -> None:
+        """Publish rows a round just committed, from the round itself: on the happy path the
+        relay task never wakes, and the round's events leave in the same write as its acks.
+
+        Only when the relay has nothing of its own to publish (no scan, no queue, no batch on
+        the wire), so the stream still sees commit order; otherwise the rows join its queue.
+        """
+        if not records:
+            return
+        if self._scan or self._queue or self._publishing:
+            self.enqueue(records)
+            return
+        self._last_sent = time.monotonic()
+        self._in_flight += 1
+        self._all_landed.clear()
+        messages = [(r.subject, r.payload, {MSG_ID_HEADER: r.msg_id}) for r in records]
+        try:
+            await self._publisher.send(messages, self._ack_timeout_s, functools.partial(self._landed, records))
+        except Exception as exc:  # NATS away: the rows are in the table, the relay task retries
+            self._landed_count_down()
+            log.warning("outbox.publish_failed", error=repr(exc))
+            self.wake()
+
+    def _landed(self, records: Sequence[OutboxRecord], errors: list[str | None]) -> None:
+        published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
+        if published:
+            if not self._unmarked:  # a new marking window: wake the relay task when it closes
+                asyncio.get_running_loop().call_later(MARK_INTERVAL_S, self._wakeup.set)
+            self._note_published(published)
+        if len(published) < len(records):
+            first_error = next(error for error in errors if error is not None)
+            log.warning("outbox.publish_failed", failed=len(records) - len(published), error=first_error)
+            self.wake()  # what did not go out is still unpublished in the table
+        self._landed_count_down()
+
+    def _landed_count_down(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._all_landed.set()
+
+    def _note_published(self, event_ids: list[str]) -> None:
+        if not self._unmarked:
+            self._marks_due = time.monotonic() + MARK_INTERVAL_S
+        self._unmarked.extend(event_ids)
+
+    async def landed(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until every batch sent from a round has its acks."""
+        await wait_event(self._all_landed, timeout_s)
 
     def wake(self) -> None:
         """Rows were committed outside a consumer batch (timeouts, repairs): read the table."""
@@ -166,9 +220,10 @@ class Relay:
                 if sent == 0:
                     marks_in = self._marks_due - time.monotonic() if self._unmarked else self._idle_poll_s
                     await wait_event(self._wakeup, max(min(marks_in, self._idle_poll_s), 0.0))
-                    if not self._wakeup.is_set() and self._unmarked:
-                        await self.flush_marks()  # quiet: record what went out
-                    elif not self._wakeup.is_set():
+                    quiet = not self._wakeup.is_set()
+                    if quiet and self._unmarked:
+                        await self.flush_marks()  # record what went out
+                    elif quiet and time.monotonic() - self._last_sent > self._idle_poll_s:
                         self._scan = True  # idle: look at the table (cheap when it is clean)
                 failures = 0
             except Exception as exc:  # NATS away, timeouts: the rows stay and are retried.
@@ -178,7 +233,9 @@ class Relay:
 
     async def _next_batch(self) -> list[OutboxRecord]:
         if self._scan or time.monotonic() - self._last_scan > SAFETY_SCAN_S:
-            await self.flush_marks()  # else the scan would read them as still to publish
+            # Rows sent from rounds and not yet marked would read as still to publish.
+            await self.landed(self._ack_timeout_s)
+            await self.flush_marks()
             self._last_scan = time.monotonic()
             # The table holds everything the queue does, in commit order: read it instead.
             self._scan = False
@@ -191,6 +248,13 @@ class Relay:
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
+        self._publishing = True  # rounds queue their rows behind this batch meanwhile
+        try:
+            return await self._publish_next()
+        finally:
+            self._publishing = False
+
+    async def _publish_next(self) -> int:
         records = await self._next_batch()
         if not records:
             return 0
@@ -199,9 +263,7 @@ class Relay:
         )
         published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
         if published:
-            if not self._unmarked:
-                self._marks_due = time.monotonic() + MARK_INTERVAL_S
-            self._unmarked.extend(published)
+            self._note_published(published)
             if time.monotonic() >= self._marks_due:
                 await self.flush_marks()
         if len(published) < len(records):

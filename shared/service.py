@@ -191,6 +191,7 @@ async def _flush_outbox(relay: Relay) -> None:
     while asyncio.get_running_loop().time() < deadline:
         try:
             if await relay.publish_pending() == 0:
+                await relay.landed(timeout_s=max(deadline - asyncio.get_running_loop().time(), 0.0))
                 await relay.flush_marks()
                 return
         except Exception as exc:
