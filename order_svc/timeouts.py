@@ -30,10 +30,9 @@ def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
     for order in orders:
         events = order.cancel(domain.TIMEOUT)
         repository.save_status(tx, order)
-        envelopes = [e.to_envelope(causation_id=None) for e in events]
-        outbox.add(tx, envelopes)
-        for env in envelopes:
-            log.info("order.timed_out", order_id=order.order_id, event_type=env.type, event_id=env.event_id)
+        records = outbox.add(tx, events, causation_id=None)
+        for event, record in zip(events, records, strict=True):
+            log.info("order.timed_out", order_id=order.order_id, event_type=event.type, event_id=record.event_id)
     return len(orders)
 
 

@@ -344,8 +344,7 @@ class BatchLoop:
                 log.debug("event.duplicate_skipped")
                 return Duplicate()
             events = item.route.handler(tx, env, item.data)
-            records = outbox.from_events(events, env.event_id)
-            outbox.insert(tx, records)
+            records = outbox.add(tx, events, env.event_id)
             log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(records)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
-from shared.envelope import Envelope, Event
+from shared.envelope import Event
 from shared.jetstream import Publisher
 from shared.store import Store
 from shared.subjects import event_subject
@@ -43,19 +43,17 @@ class OutboxRecord:
     """Its event_id, plus a suffix on an operator's re-send (so the stream keeps the copy)."""
 
 
-def add(conn: sqlite3.Connection, envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
-    """Queue ``envelopes`` for publishing; they go out only if the caller's transaction commits."""
-    records = to_records(envelopes)
+def add(conn: sqlite3.Connection, events: Sequence[Event], causation_id: str | None) -> list[OutboxRecord]:
+    """Queue ``events`` (caused by the event ``causation_id``, if any) for publishing; they go
+    out only if the caller's transaction commits."""
+    records = from_events(events, causation_id)
     insert(conn, records)
     return records
 
 
-def to_records(envelopes: Sequence[Envelope]) -> list[OutboxRecord]:
-    return [OutboxRecord(e.event_id, e.subject, e.to_bytes(), e.event_id) for e in envelopes]
-
-
-def from_events(events: Sequence[Event], causation_id: str) -> list[OutboxRecord]:
-    """The records of events a handler returned, caused by the event ``causation_id``."""
+def from_events(events: Sequence[Event], causation_id: str | None) -> list[OutboxRecord]:
+    """The outbox records of ``events``: ``add`` without the write, for a round that writes
+    the records of all its messages with one statement."""
     records = []
     for event in events:
         event_id, payload = event.to_json(causation_id)

@@ -38,7 +38,7 @@ async def test_prune_deletes_old_inbox_entries_and_old_published_outbox_rows_onl
                 "INSERT INTO inbox(event_id, event_type, order_id, received_at) VALUES (?, 'orders.requested', 'o', ?)",
                 [("old-1", now - 2 * DAY), ("old-2", now - 1.5 * DAY), ("fresh", now - 60)],
             )
-            add(tx, [Event("orders.created", f"o-{i}", {}).to_envelope(None) for i in range(4)])
+            add(tx, [Event("orders.created", f"o-{i}", {}) for i in range(4)], None)
             # o-0: published long ago; o-1: published recently; o-2, o-3: never published.
             tx.execute(
                 "UPDATE outbox SET created_at = ?, published_at = ? WHERE subject = 'orders.created.o-0'",
