@@ -61,6 +61,16 @@ class ConsumerSpec:
     def filter_subjects(self) -> list[str]:
         return [f for event_type in self.routes for f in consumer_filters(event_type)]
 
+    def decode(self, subject: str, body: bytes) -> tuple[Envelope, Route[Any], EventData]:
+        """The message's envelope, its route and its data, in one validation pass; BadMessage if bad."""
+        route = self.routes.get(subject.rpartition(".")[0])
+        if route is None:
+            # Not <type>.<order_id> for a type we route: the full checks say what is wrong.
+            envelope = parse_envelope(subject, body)
+            raise BadMessage("unroutable", f"no handler for {envelope.type} on {self.stream.value}")
+        envelope, data = parse_event(subject, body, route.data_model)
+        return envelope, route, data
+
 
 # --- outcomes -------------------------------------------------------------------------------
 
@@ -149,13 +159,7 @@ class Consumer:
             await self._puller.close()
 
     def decode(self, msg: Msg) -> Decoded:
-        route = self.spec.routes.get(msg.subject.rpartition(".")[0])
-        if route is None:
-            # Not <type>.<order_id> for a type we route: the full checks say what is wrong.
-            envelope = parse_envelope(msg.subject, msg.data)
-            raise BadMessage("unroutable", f"{self.name} has no handler for {envelope.type}")
-        envelope, data = parse_event(msg.subject, msg.data, route.data_model)
-        return Decoded(msg, envelope, route, data)
+        return Decoded(msg, *self.spec.decode(msg.subject, msg.data))
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""

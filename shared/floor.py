@@ -24,9 +24,10 @@ from nats.aio.client import Client
 
 from shared.aio import forward, wait_event
 from shared.consumer import ConsumerSpec
-from shared.envelope import BadMessage, Envelope, Event, parse_event
+from shared.envelope import BadMessage, Envelope, Event
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
-from shared.subjects import EventType, event_subject
+from shared.outbox import from_events
+from shared.subjects import EventType
 
 Decide = Callable[[Envelope, Any], list[Event]]
 """What a relay emits for a decoded event: ``(envelope, data)``, data typed by the route's model."""
@@ -92,16 +93,12 @@ async def relay(
                 continue
             outgoing = []
             for msg in msgs:
-                route = spec.routes.get(msg.subject.rpartition(".")[0])
                 try:
-                    if route is None:
-                        raise BadMessage("unroutable")
-                    env, data = parse_event(msg.subject, msg.data, route.data_model)
+                    env, _, data = spec.decode(msg.subject, msg.data)
                 except BadMessage:
                     continue
-                for event in decide(env, data):
-                    event_id, payload = event.to_json(env.event_id)
-                    outgoing.append((event_subject(event.type, event.order_id), payload, {"Nats-Msg-Id": event_id}))
+                for record in from_events(decide(env, data), env.event_id):
+                    outgoing.append(record.message)
             if outgoing:
                 await publisher.publish(outgoing, timeout_s=5.0)
             for msg in msgs:

@@ -42,6 +42,11 @@ class OutboxRecord:
     msg_id: str
     """Its event_id, plus a suffix on an operator's re-send (so the stream keeps the copy)."""
 
+    @property
+    def message(self) -> tuple[str, bytes, dict[str, str]]:
+        """What ``Publisher`` sends: subject, payload, and the msg id the stream dedups on."""
+        return self.subject, self.payload, {MSG_ID_HEADER: self.msg_id}
+
 
 def add(conn: sqlite3.Connection, events: Sequence[Event], causation_id: str | None) -> list[OutboxRecord]:
     """Queue ``events`` (caused by the event ``causation_id``, if any) for publishing; they go
@@ -164,7 +169,7 @@ class Relay:
         self._last_sent = time.monotonic()
         self._in_flight += 1
         self._all_landed.clear()
-        messages = [(r.subject, r.payload, {MSG_ID_HEADER: r.msg_id}) for r in records]
+        messages = [r.message for r in records]
         try:
             await self._publisher.send(messages, self._ack_timeout_s, functools.partial(self._landed, records))
         except Exception as exc:  # NATS away: the rows are in the table, the relay task retries
@@ -256,9 +261,7 @@ class Relay:
         records = await self._next_batch()
         if not records:
             return 0
-        errors = await self._publisher.publish(
-            [(r.subject, r.payload, {MSG_ID_HEADER: r.msg_id}) for r in records], self._ack_timeout_s
-        )
+        errors = await self._publisher.publish([r.message for r in records], self._ack_timeout_s)
         published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
         if published:
             self._note_published(published)
