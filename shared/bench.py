@@ -92,14 +92,20 @@ def make_orders(n: int, all_success: bool, rng: random.Random, prefix: str) -> l
     return orders
 
 
-def order_body(order: Order, rng: random.Random) -> tuple[str, bytes, str]:
+Message = tuple[str, bytes, dict[str, str]]
+"""What ``Publisher`` sends: subject, payload, headers."""
+
+
+def order_message(order: Order, rng: random.Random) -> Message:
+    """The order's ``orders.requested``, with the customer, sku and quantity its kind needs."""
     kind = order.order_id.rsplit("-", 1)[1]
     customer = f"poor-{rng.randrange(10)}" if kind == "funds" else f"rich-{rng.randrange(100)}"
     sku = f"scarce-{rng.randrange(10)}" if kind == "stock" else f"plenty-{rng.randrange(100)}"
     quantity = 1_000 if kind == "stock" else rng.randint(1, 3)
-    return client.order_request(
+    subject, body, event_id = client.order_request(
         order.order_id, customer, [{"sku": sku, "quantity": quantity, "unit_price_cents": rng.randint(100, 5_000)}]
     )
+    return subject, body, {"Nats-Msg-Id": event_id}
 
 
 async def seed(nc: Client) -> None:
@@ -138,41 +144,56 @@ OFFER_CHUNK = 500
 server's flow."""
 
 
-async def offer(nc: Client, orders: list[Order], rate: float | None, rng: random.Random) -> None:
-    """Publish every order: as fast as acks allow (burst) or on an open-loop schedule (rate)."""
+class Acknowledgements:
+    """The publish acks of the offered orders, counted by callback (no task or future per send)."""
+
+    def __init__(self) -> None:
+        self.unanswered = 0
+        self.failed: list[str] = []
+        self._changed = asyncio.Event()
+
+    def on_done(self, errors: list[str | None]) -> None:
+        self.unanswered -= 1
+        self.failed.extend(error for error in errors if error is not None)
+        self._changed.set()
+
+    async def fewer_than(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` sends are unanswered; raise if any order was refused."""
+        while self.unanswered >= limit:
+            self._changed.clear()
+            await self._changed.wait()
+        if self.failed:
+            raise RuntimeError(f"{len(self.failed)} orders were not accepted by JetStream: {self.failed[0]}")
+
+
+async def offer(nc: Client, orders: list[Order], messages: list[Message], rate: float | None) -> None:
+    """Publish every order: as fast as acks allow (burst) or on an open-loop schedule (rate).
+
+    ``messages`` are the orders' ``orders.requested``, made before the clock starts: the load
+    generator shares the machine, so it spends as little of it as it can while measuring."""
     publisher = Publisher(nc)
     await publisher.start()
-    sending: list[asyncio.Task[list[str | None]]] = []
+    acks = Acknowledgements()
     started = time.monotonic()
     next_order = 0
     while next_order < len(orders):
         if rate:
             # Open loop: order i is due at i / rate, whatever happened to the ones before; what is
-            # due goes out now, and its acks are awaited aside, never by the schedule.
+            # due goes out now, and its acks are counted aside, never awaited by the schedule.
             delay = started + next_order / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             due = min(len(orders), int((time.monotonic() - started) * rate) + 1)
         else:
+            await acks.fewer_than(4)  # a burst keeps four chunks in flight
             due = min(len(orders), next_order + OFFER_CHUNK)
-        chunk = []
+        published_at = time.monotonic()
         for order in orders[next_order:due]:
-            subject, body, event_id = order_body(order, rng)
-            order.published_at = time.monotonic()
-            chunk.append((subject, body, {"Nats-Msg-Id": event_id}))
+            order.published_at = published_at
+        acks.unanswered += 1
+        await publisher.send(messages[next_order:due], 30.0, acks.on_done)
         next_order = due
-        sending.append(asyncio.create_task(publisher.publish(chunk, timeout_s=30.0)))
-        if len(sending) >= (100 if rate else 4):  # bound what is in flight, not the schedule
-            await _acknowledged(sending)
-    await _acknowledged(sending)
-
-
-async def _acknowledged(sending: list[asyncio.Task[list[str | None]]]) -> None:
-    for errors in await asyncio.gather(*sending):
-        failed = [error for error in errors if error is not None]
-        if failed:
-            raise RuntimeError(f"{len(failed)} orders were not accepted by JetStream: {failed[0]}")
-    sending.clear()
+    await acks.fewer_than(1)
 
 
 async def progress(tracker: Tracker, total: int, stop: asyncio.Event) -> None:
@@ -256,6 +277,8 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         rng = random.Random(args.seed)
         count = args.burst or int(args.rate * args.duration)
         orders = make_orders(count, args.all_success, rng, label)
+        body_rng = random.Random(args.seed)
+        messages = [order_message(order, body_rng) for order in orders]
         by_id = {o.order_id: o for o in orders}
         tracker = Tracker(by_id)
         await nc.subscribe("orders.confirmed.*", cb=tracker.on_outcome)
@@ -275,7 +298,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         stop_progress = asyncio.Event()
         bar = asyncio.create_task(progress(tracker, count, stop_progress))
         start = time.monotonic()
-        await offer(nc, orders, None if args.burst else args.rate, random.Random(args.seed))
+        await offer(nc, orders, messages, None if args.burst else args.rate)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tracker.finished.wait(), timeout=args.deadline)
         end = max((o.done_at for o in orders if o.done_at), default=time.monotonic())

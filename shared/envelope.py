@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,6 +154,12 @@ class Event:
         }
 
 
+_ID_RANDOM = random.Random()
+"""Seeded from the OS once per process (and again in a forked child, which would otherwise repeat
+its parent's ids): ids must be unique, not secret, and ``os.urandom`` is a system call per event."""
+os.register_at_fork(after_in_child=_ID_RANDOM.seed)
+
+
 def new_event_id() -> str:
     """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits.
 
@@ -161,7 +168,7 @@ def new_event_id() -> str:
     dirties is written to the WAL at commit: 256 messages dirtied about 256 pages per index.
     Ids of one millisecond share the rightmost pages.
     """
-    random_bits = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 are used
+    random_bits = _ID_RANDOM.getrandbits(80)  # 74 are used
     value = (
         (time.time_ns() // 1_000_000) << 80
         | 0x7 << 76  # version 7

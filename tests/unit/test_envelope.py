@@ -1,4 +1,5 @@
 import json
+import os
 import uuid
 
 import pytest
@@ -123,3 +124,18 @@ def test_event_ids_are_uuid7_in_canonical_form_and_time_ordered() -> None:
     first, second = new_event_id(), new_event_id()
     assert str(uuid.UUID(first)) == first and uuid.UUID(first).version == 7
     assert first[:13] <= second[:13]  # the millisecond prefix never goes back
+
+
+def test_a_forked_child_does_not_repeat_its_parents_event_ids() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without running pytest's teardown
+        os.write(write_end, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write_end)
+    child_id = os.read(read_end, 100).decode()
+    os.close(read_end)
+    parent_id = new_event_id()
+    assert uuid.UUID(child_id).version == 7
+    assert child_id[14:] != parent_id[14:]  # the random part: a shared generator state would repeat it
