@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -263,6 +264,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
     else:
         services = [ServiceProcess(name, server.url, workdir, env) for name in SERVICES]
     nc: Client | None = None
+    keep_workdir = True  # until the run has given a right answer: then its files are evidence
     try:
         await asyncio.to_thread(server.start)
         for svc in services:
@@ -312,6 +314,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         latencies = sorted((o.done_at - o.published_at) * 1000 for o in orders if o.done_at)
         outcomes = Counter(o.outcome or "not finished" for o in orders)
         wrong = sum(1 for o in orders if (floor is False and o.outcome != o.expected) or (floor and not o.done_at))
+        keep_workdir = args.keep_workdir or wrong > 0
         return Result(
             label=label,
             orders=count,
@@ -330,6 +333,10 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         for svc in services:
             await asyncio.to_thread(svc.stop)
         await asyncio.to_thread(server.stop)
+        if keep_workdir:
+            print(f"  {label}: the stream store, SQLite files and logs are in {workdir}", file=sys.stderr)
+        else:  # a 100,000-order run leaves about half a gigabyte
+            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
 
 
 # --- reporting --------------------------------------------------------------------------------------
@@ -430,6 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO", help="the services' LOG_LEVEL (default INFO, as in production)")
     parser.add_argument("--deadline", type=float, default=600.0, help="give up waiting after this many seconds")
     parser.add_argument("--out", default="bench-results", help="where the JSON and PNG go")
+    parser.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep each run's stream store, SQLite files and logs (always kept when a run fails)",
+    )
     args = parser.parse_args(argv)
     exit_on_sigterm()
     raise SystemExit(asyncio.run(run(args)))

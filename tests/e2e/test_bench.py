@@ -4,6 +4,7 @@ speed is measured by the benchmark, not by tests (docs/performance.md)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,18 @@ from pathlib import Path
 
 def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_chart(tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "saga-bench"
+    scratch = tmp_path / "scratch"  # where the runs' stream stores and SQLite files go
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
     done = subprocess.run(
-        [str(cli), "--burst", "300", "--floor", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
+        [str(cli), "--burst", "300", "--floor", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(scratch.iterdir()) == []  # a run that gave the right answer cleans up after itself
     [result_file] = tmp_path.glob("bench-*.json")
     [chart] = tmp_path.glob("bench-*.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -29,3 +38,19 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
     assert saga["outcomes"]["CONFIRMED"] > 200  # the default mix: about 80%
     assert summary["floor_ratio"] > 0
     assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout
+
+
+def test_bench_keeps_a_runs_files_when_asked(tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "saga-bench"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [str(cli), "--burst", "20", "--keep-workdir", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [workdir] = tmp_path.glob("saga-bench-saga-*")
+    assert {"order_svc.sqlite3", "payment_svc.sqlite3", "inventory_svc.sqlite3"} <= {p.name for p in workdir.iterdir()}
+    assert str(workdir) in done.stderr
