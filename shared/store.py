@@ -153,8 +153,8 @@ async def _connect(path: Path, synchronous: str, busy_timeout_ms: int) -> aiosql
     await conn.execute(f"PRAGMA synchronous = {synchronous}")
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA foreign_keys = ON")
-    # Temporary structures (a round's savepoint sub-journal once it outgrows 64 KiB, the
-    # b-tree of a long IN list) in memory: on disk, each was a file created and unlinked in
-    # /var/tmp, about every other round under load.
+    # SQLite's temporary structures (statement and savepoint journals past their in-memory
+    # size, sorters, temporary b-trees) in memory: on disk, a file was created and unlinked in
+    # /var/tmp about every other round under load (seen with strace and perf).
     await conn.execute("PRAGMA temp_store = MEMORY")
     return conn
