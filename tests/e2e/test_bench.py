@@ -10,18 +10,17 @@ import sys
 from pathlib import Path
 
 
-def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_chart(tmp_path: Path) -> None:
+def run_bench(args: list[str], scratch: Path) -> subprocess.CompletedProcess[str]:
+    """``saga-bench args`` with its runs' stream stores and SQLite files made under ``scratch``."""
     cli = Path(sys.executable).parent / "saga-bench"
-    scratch = tmp_path / "scratch"  # where the runs' stream stores and SQLite files go
-    scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    done = subprocess.run(
-        [str(cli), "--burst", "300", "--floor", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_chart(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = run_bench(["--burst", "300", "--floor", "--out", str(tmp_path)], scratch)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert list(scratch.iterdir()) == []  # a run that gave the right answer cleans up after itself
     [result_file] = tmp_path.glob("bench-*.json")
@@ -41,15 +40,7 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
 
 
 def test_bench_keeps_a_runs_files_when_asked(tmp_path: Path) -> None:
-    cli = Path(sys.executable).parent / "saga-bench"
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run(
-        [str(cli), "--burst", "20", "--keep-workdir", "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    done = run_bench(["--burst", "20", "--keep-workdir", "--out", str(tmp_path / "out")], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [workdir] = tmp_path.glob("saga-bench-saga-*")
     assert {"order_svc.sqlite3", "payment_svc.sqlite3", "inventory_svc.sqlite3"} <= {p.name for p in workdir.iterdir()}
