@@ -39,6 +39,7 @@ from shared import client
 from shared.aio import sleep_unless_stopped
 from shared.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
 from shared.jetstream import Publisher
+from shared.runtime import tune_gc
 from shared.subjects import Stream
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -444,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     exit_on_sigterm()
+    tune_gc()  # the load generator shares the machine: it holds every order, and spends little on them
     raise SystemExit(asyncio.run(run(args)))
 
 

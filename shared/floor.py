@@ -27,6 +27,7 @@ from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
 from shared.outbox import from_events
+from shared.runtime import tune_gc
 from shared.subjects import EventType
 
 Decide = Callable[[Envelope, Any], list[Event]]
@@ -133,4 +134,5 @@ async def main_async(role: str) -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()  # the services' interpreter settings: the floor differs from them only in the guarantees
     asyncio.run(main_async(sys.argv[1]))

@@ -26,6 +26,7 @@ from shared.jetstream import Publisher, ensure_streams
 from shared.logging import configure_logging
 from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
+from shared.runtime import tune_gc
 from shared.settings import Settings, SettingsError
 from shared.store import Store
 from shared.subjects import event_subject
@@ -72,6 +73,7 @@ def main(definition: ServiceDefinition) -> None:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(definition.name, settings.log_format, settings.log_level)
+    tune_gc()
     raise SystemExit(asyncio.run(serve(definition, settings)))
 
 
