@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    tune_gc()  # the load generator shares the machine: it holds every order, and spends little on them
+    tune_gc()  # it holds every order for the whole run, which the default collector would walk again and again
     raise SystemExit(asyncio.run(run(args)))
 
 
