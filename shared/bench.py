@@ -55,6 +55,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def run_queue_ns(pid: int) -> dict[int, int] | None:
+    """Per thread of ``pid``: nanoseconds so far spent ready to run but waiting for a core
+    (``/proc/<pid>/task/<tid>/schedstat``); None where the kernel keeps no such count."""
+    if not Path(f"/proc/{pid}/schedstat").exists():
+        return None
+    waits = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            waits[int(task.name)] = int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended while we looked
+    return waits
+
+
+def waited_s(before: dict[int, int] | None, after: dict[int, int] | None) -> float | None:
+    """Run-queue time between two ``run_queue_ns`` readings, over the threads alive at the
+    second (one that ended in between is not counted; the services' threads live as long as they do)."""
+    if before is None or after is None:
+        return None
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set size (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -68,6 +90,21 @@ class Proc:
     name: str
     pid: int
     cpu_at_start: float = 0.0
+    run_queue_at_start: dict[int, int] | None = None
+
+    def start_counting(self) -> None:
+        self.cpu_at_start = cpu_seconds(self.pid)
+        self.run_queue_at_start = run_queue_ns(self.pid)
+
+    def usage(self, elapsed_s: float) -> dict[str, float | None]:
+        """CPU % and run-queue % since ``start_counting`` (100% = one core, or one thread
+        always waiting for one), and peak RSS."""
+        waited = waited_s(self.run_queue_at_start, run_queue_ns(self.pid))
+        return {
+            "cpu_percent": (cpu_seconds(self.pid) - self.cpu_at_start) / elapsed_s * 100,
+            "run_queue_percent": None if waited is None else waited / elapsed_s * 100,
+            "peak_rss_mb": peak_rss_mb(self.pid),
+        }
 
 
 # --- the load -----------------------------------------------------------------------------------
@@ -223,7 +260,8 @@ class Result:
     events_per_s: float
     outcomes: dict[str, int]
     wrong_outcomes: int
-    processes: dict[str, dict[str, float]]
+    processes: dict[str, dict[str, float | None]]
+    load_generator: dict[str, float | None]
     elapsed_s: float
     timeline: list[dict[str, float]] = field(default_factory=list)
 
@@ -291,8 +329,9 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         events_before = sum(
             [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
         )
-        for p in procs:
-            p.cpu_at_start = cpu_seconds(p.pid)
+        load_generator = Proc("load generator", os.getpid())
+        for p in [*procs, load_generator]:
+            p.start_counting()
         print(
             f"{label}: {count} orders, {'burst' if args.burst else f'{args.rate:g}/s for {args.duration:g}s'}"
             f"{', all succeed' if args.all_success else ', default mix'}",
@@ -308,7 +347,8 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
         elapsed = max(end - start, 1e-9)
         stop_progress.set()
         await bar
-        cpu = {p.name: (cpu_seconds(p.pid) - p.cpu_at_start) / elapsed * 100 for p in procs}
+        usage = {p.name: p.usage(elapsed) for p in procs}
+        load_usage = load_generator.usage(elapsed)
         events_after = sum(
             [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
         )
@@ -324,7 +364,8 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
             events_per_s=(events_after - events_before) / elapsed,
             outcomes=dict(outcomes),
             wrong_outcomes=wrong,
-            processes={p.name: {"cpu_percent": cpu[p.name], "peak_rss_mb": peak_rss_mb(p.pid)} for p in procs},
+            processes=usage,
+            load_generator=load_usage,
             elapsed_s=elapsed,
             timeline=timeline(orders, start),
         )
@@ -353,9 +394,13 @@ def print_result(result: Result) -> None:
         f"max {lat['max']:.1f}"
     )
     print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
-    print(f"  {'process':<20} {'CPU %':>7} {'peak RSS MB':>12}")
-    for name, usage in result.processes.items():
-        print(f"  {name:<20} {usage['cpu_percent']:7.0f} {usage['peak_rss_mb']:12.1f}")
+    print(f"  {'process':<20} {'CPU %':>7} {'run queue %':>12} {'peak RSS MB':>12}")
+    for name, usage in [*result.processes.items(), ("(load generator)", result.load_generator)]:
+        waiting = usage["run_queue_percent"]
+        print(
+            f"  {name:<20} {usage['cpu_percent']:7.0f} {'n/a' if waiting is None else f'{waiting:.0f}':>12} "
+            f"{usage['peak_rss_mb']:12.1f}"
+        )
 
 
 def write_chart(results: list[Result], path: Path) -> None:

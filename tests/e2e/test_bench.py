@@ -34,9 +34,14 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
         assert sum(result["outcomes"].values()) == 300 and "not finished" not in result["outcomes"]
         assert set(result["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(saga["processes"]) == {"nats-server", "order_svc", "payment_svc", "inventory_svc"}
+    # Run-queue time needs the kernel's schedstats; where it keeps them, every process has a figure.
+    counted = Path("/proc/self/schedstat").exists()
+    for usage in [*saga["processes"].values(), saga["load_generator"]]:
+        assert usage["cpu_percent"] > 0 and usage["peak_rss_mb"] > 0
+        assert (usage["run_queue_percent"] >= 0) if counted else (usage["run_queue_percent"] is None)
     assert saga["outcomes"]["CONFIRMED"] > 200  # the default mix: about 80%
     assert summary["floor_ratio"] > 0
-    assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout
+    assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout and "run queue %" in done.stdout
 
 
 def test_bench_keeps_a_runs_files_when_asked(tmp_path: Path) -> None:
