@@ -37,8 +37,10 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
     # Run-queue time needs the kernel's schedstats; where it keeps them, every process has a figure.
     counted = Path("/proc/self/schedstat").exists()
     for usage in [*saga["processes"].values(), saga["load_generator"]]:
-        assert usage["cpu_percent"] > 0 and usage["peak_rss_mb"] > 0
+        assert usage["cpu_percent"] >= 0 and usage["peak_rss_mb"] > 0
         assert (usage["run_queue_percent"] >= 0) if counted else (usage["run_queue_percent"] is None)
+    # Each of them handled hundreds of messages; the load generator's share may round to no clock tick.
+    assert all(usage["cpu_percent"] > 0 for usage in saga["processes"].values())
     assert saga["outcomes"]["CONFIRMED"] > 200  # the default mix: about 80%
     assert summary["floor_ratio"] > 0
     assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout and "run queue %" in done.stdout
