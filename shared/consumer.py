@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from shared import inbox, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
-from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer
+from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer, reading_paused
 from shared.logging import about_message
 from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
@@ -225,8 +225,9 @@ class BatchLoop:
     queue for the one SQLite writer, each with a transaction of its own.
     """
 
-    def __init__(self, consumers: Sequence[Consumer], store: Store, relay: Relay) -> None:
+    def __init__(self, nc: Client, consumers: Sequence[Consumer], store: Store, relay: Relay) -> None:
         self.consumers = consumers
+        self._nc = nc
         self._store = store
         self._relay = relay
         self._arrived = asyncio.Event()
@@ -289,7 +290,10 @@ class BatchLoop:
 
     async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:
         try:
-            await self._store.run(functools.partial(self._apply_batch, batch))
+            # The loop has nothing to do until the round commits: it keeps off the GIL the
+            # transaction's thread needs, and reads what came meanwhile in one go after.
+            with reading_paused(self._nc):
+                await self._store.run(functools.partial(self._apply_batch, batch))
         except Exception as exc:
             # BEGIN or COMMIT failed: nothing of this batch was stored. That is the store's
             # trouble (a lock, a full disk), not the messages', so it never counts towards

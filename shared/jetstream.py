@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -238,6 +238,40 @@ class Publisher:
 
         await self.send(messages, timeout_s, resolve)
         return await outcome
+
+
+def socket_transport(nc: Client) -> asyncio.ReadTransport | None:
+    """The asyncio transport ``nc`` reads the server's bytes from, or None where it has none.
+
+    nats-py does not expose it: this follows its TCP transport's stream writer (plain or TLS).
+    Its websocket transport has none, and there ``reading_paused`` does nothing.
+    """
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    return transport if isinstance(transport, asyncio.ReadTransport) else None
+
+
+@contextlib.contextmanager
+def reading_paused(nc: Client) -> Iterator[None]:
+    """Leave what the server sends in the socket's buffer while the block runs; read it after.
+
+    For a round's transaction on the store's thread: what arrives meanwhile could not be
+    processed before the round ends anyway, and reading it would have the event loop take the
+    GIL, which that thread needs back after every SQLite statement (at 1,000 orders/s a round
+    took over three times its CPU time in wall time; docs/performance.md has the figures).
+
+    Leaves the transport alone if it is not reading (asyncio's stream flow control paused
+    it, or the connection is closing), so it never resumes what it did not pause.
+    """
+    transport = socket_transport(nc)
+    if transport is None or not transport.is_reading():
+        yield
+        return
+    transport.pause_reading()
+    try:
+        yield
+    finally:
+        transport.resume_reading()  # a no-op on a transport closed meanwhile (a reconnect)
 
 
 def durable_name(service: str, stream: Stream) -> str:

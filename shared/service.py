@@ -114,6 +114,7 @@ async def serve(
         relay = Relay(store, publisher)
         ctx = ServiceContext(settings, store, relay)
         batch_loop = BatchLoop(
+            nc,
             [
                 Consumer(
                     service=settings.service,
