@@ -68,7 +68,9 @@ class Settings:
     """``SQLITE_SYNCHRONOUS``: FULL survives power loss after an ack; NORMAL survives process crashes only."""
 
     sqlite_busy_timeout_ms: int = 5000
-    """``SQLITE_BUSY_TIMEOUT_MS``: how long a write waits for a lock before the batch is retried later."""
+    """``SQLITE_BUSY_TIMEOUT_MS``: how long a write waits for a lock before the batch is retried later.
+    A round does not read from NATS meanwhile (``reading_paused``): keep it well under the server's
+    ``write_deadline`` (10 s by default), past which the server drops a connection it cannot write to."""
 
     fetch_batch: int = 256
     """``FETCH_BATCH``: messages fetched, and committed in one SQLite transaction, at a time."""
