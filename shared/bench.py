@@ -451,7 +451,7 @@ async def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"args": vars(args), "results": [asdict(r) for r in results]}
     if args.floor:
         summary["floor_ratio"] = saga.sagas_per_s / results[0].sagas_per_s
-        print(f"\n  saga / floor        {summary['floor_ratio']:10.2f}   (the cost of the guarantees)")
+        print(f"\n  saga / floor        {summary['floor_ratio']:10.3f}   (the cost of the guarantees)")
     json_path, png_path = await asyncio.to_thread(write_outputs, Path(args.out), summary, results)
     print(f"\n  wrote {json_path} and {png_path}")
     failed = [r for r in results if r.wrong_outcomes]
