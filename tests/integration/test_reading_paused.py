@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import sqlite3
 import struct
 import termios
+from collections.abc import Callable, Sequence
 
 import nats
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
+from order_svc.__main__ import ORDER_SERVICE
+from shared.client import place_order
+from shared.consumer import BatchLoop, Decoded
 from shared.harness import NatsServer
 from shared.jetstream import reading_paused, socket_transport
-from tests.conftest import poll
+from shared.settings import Settings
+from tests.conftest import poll, subject_count, unique
+from tests.integration.conftest import running
 
 
 def unread_bytes(nc: Client) -> int:
@@ -75,3 +84,22 @@ async def test_a_connection_with_no_socket_transport_is_left_alone() -> None:
     assert socket_transport(never_connected) is None
     with reading_paused(never_connected):
         pass
+
+
+async def test_a_rounds_transaction_runs_with_the_services_reading_paused(
+    js: JetStreamContext, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reading_during_rounds: list[bool] = []
+    apply_batch = BatchLoop._apply_batch
+
+    def watched(self: BatchLoop, batch: Sequence[tuple[int, Decoded]], tx: sqlite3.Connection) -> None:
+        transport = socket_transport(self._nc)
+        reading_during_rounds.append(transport is None or transport.is_reading())
+        apply_batch(self, batch, tx)
+
+    monkeypatch.setattr(BatchLoop, "_apply_batch", watched)
+    order_id = unique("o")
+    async with running(ORDER_SERVICE, make_settings("order_svc")):
+        await place_order(js, order_id, "alice", [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}])
+        await poll(lambda: subject_count(js, "ORDERS", f"orders.created.{order_id}"), lambda n: n == 1)
+    assert reading_during_rounds and not any(reading_during_rounds)
