@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from shared import client
 from shared.aio import sleep_unless_stopped
 from shared.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
-from shared.jetstream import Publisher
+from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.runtime import tune_gc
 from shared.subjects import Stream
 
@@ -144,7 +144,7 @@ def order_message(order: Order, rng: random.Random) -> Message:
     subject, body, event_id = client.order_request(
         order.order_id, customer, [{"sku": sku, "quantity": quantity, "unit_price_cents": rng.randint(100, 5_000)}]
     )
-    return subject, body, {"Nats-Msg-Id": event_id}
+    return subject, body, {MSG_ID_HEADER: event_id}
 
 
 async def seed(nc: Client) -> None:

@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from shared import client
 from shared.audit import audit, collect
 from shared.harness import SERVICES, NatsServer, System, exit_on_sigterm
+from shared.jetstream import MSG_ID_HEADER
 from shared.subjects import Stream
 
 DUP_HEADER = "Chaos-Dup"
@@ -109,11 +110,11 @@ async def place(js: JetStreamContext, ledger: Ledger, rng: random.Random, kind: 
     subject, body, event_id = client.order_request(order_id, customer, items)
     ledger.orders[order_id] = {"kind": kind, "customer_id": customer, "items": items}
     ledger.injected[f"orders: {kind}"] += 1
-    await _publish(js, ledger, subject, body, {"Nats-Msg-Id": event_id})
+    await _publish(js, ledger, subject, body, {MSG_ID_HEADER: event_id})
     if kind == "cancel":
         subject, body, event_id = client.cancel_request(order_id)
         ledger.injected["cancel requests"] += 1
-        await _publish(js, ledger, subject, body, {"Nats-Msg-Id": event_id})
+        await _publish(js, ledger, subject, body, {MSG_ID_HEADER: event_id})
 
 
 def malformed_message(rng: random.Random, n: int) -> tuple[str, bytes, str]:
@@ -145,7 +146,7 @@ async def drive_load(js: JetStreamContext, ledger: Ledger, rng: random.Random, d
     while (elapsed := time.monotonic() - started) < duration:
         if rng.random() < 0.02 * 3:  # ~2% of all events: each order makes about three
             subject, body, reason = malformed_message(rng, len(ledger.malformed))
-            seq = await _publish(js, ledger, subject, body, {MALFORMED_HEADER: reason, "Nats-Msg-Id": uuid.uuid4().hex})
+            seq = await _publish(js, ledger, subject, body, {MALFORMED_HEADER: reason, MSG_ID_HEADER: uuid.uuid4().hex})
             event_type = ".".join(subject.split(".")[:2])
             ledger.malformed.append(Malformed(subject, body, reason, seq, CONSUMERS_OF[event_type]))
             ledger.injected["malformed messages"] += 1
@@ -175,7 +176,7 @@ class Duplicator:
         task.add_done_callback(self._pending.discard)
 
     async def _republish(self, subject: str, body: bytes) -> None:
-        headers = {"Nats-Msg-Id": f"dup-{uuid.uuid4().hex}", DUP_HEADER: "1"}
+        headers = {MSG_ID_HEADER: f"dup-{uuid.uuid4().hex}", DUP_HEADER: "1"}
         try:
             await self._nc.jetstream().publish(subject, body, headers=headers, timeout=2)
         except Exception:

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared.envelope import new_event_id
+from shared.jetstream import MSG_ID_HEADER
 from shared.subjects import (
     API_INVENTORY_RESTOCK,
     API_INVENTORY_STOCK,
@@ -72,7 +73,7 @@ async def publish_event(
     """Publish a client event; the Nats-Msg-Id defaults to the event_id. Returns the event_id."""
     event_id = event_id or new_event_id()
     body = envelope_bytes(event_type, order_id, data, event_id)
-    await js.publish(event_subject(event_type, order_id), body, headers={"Nats-Msg-Id": msg_id or event_id})
+    await js.publish(event_subject(event_type, order_id), body, headers={MSG_ID_HEADER: msg_id or event_id})
     return event_id
 
 

@@ -26,9 +26,9 @@ from nats.aio.msg import Msg
 from shared import inbox, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
-from shared.jetstream import IDLE_WAIT_S, Puller, ensure_consumer, reading_paused
+from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, ensure_consumer, reading_paused
 from shared.logging import about_message
-from shared.outbox import MSG_ID_HEADER, OutboxRecord, Relay
+from shared.outbox import OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
 

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from shared import client
 from shared.harness import NatsServer, System, free_port, port_is_free
+from shared.jetstream import MSG_ID_HEADER
 
 DEFAULT_PORT = 4222
 
@@ -86,7 +87,7 @@ async def run_orders(nc: Client) -> bool:
             # Both on the wire before either ack is awaited: they land side by side in the
             # stream, so order_svc sees the cancel while the order is still PENDING.
             acks = [
-                await js.publish_async(subject, body, headers={"Nats-Msg-Id": event_id})
+                await js.publish_async(subject, body, headers={MSG_ID_HEADER: event_id})
                 for subject, body, event_id in (
                     client.order_request(order_id, demo.customer_id, demo.items),
                     client.cancel_request(order_id),

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from shared.outbox import MSG_ID_HEADER
+from shared.jetstream import MSG_ID_HEADER
 from shared.subjects import Stream
 
 REPLAYED_FROM_HEADER = "Dlq-Replayed-From"

@@ -44,6 +44,9 @@ PULL_GRACE_S = 1.0
 """Past every request's expiry by this much with no word from the server, the requests are
 written off (lost in a server restart) and asked for again."""
 
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""JetStream drops a second publish with the same value of this header inside the duplicate window."""
+
 STATUS_HEADER = "Status"
 PENDING_MESSAGES_HEADER = "Nats-Pending-Messages"
 HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT = "100", "404", "408"

@@ -23,13 +23,11 @@ import structlog
 
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import Event
-from shared.jetstream import Publisher
+from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.store import Store
 from shared.subjects import event_subject
 
 log = structlog.get_logger("outbox")
-
-MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 @dataclass(frozen=True)
