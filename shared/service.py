@@ -35,6 +35,8 @@ log = structlog.get_logger("service")
 
 SHUTDOWN_FLUSH_S = 3
 """How long shutdown waits for the outbox to empty before leaving the rest for the next start."""
+STARTUP_FLUSH_S = 10
+"""How long start-up waits for the server to confirm the API's subscriptions."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ async def serve(
         )
         for endpoint in [*definition.endpoints(ctx), _republish_endpoint(definition, store, relay)]:
             await micro.add_endpoint(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
+        # The endpoints' SUBs sit in the client's write buffer until its flusher runs, and the
+        # server reads each connection on its own, so a request from another connection could
+        # still meet "no responders" after we say started. A PING/PONG round trip means the
+        # server has registered every SUB before it: "service.started" then means "answering".
+        await nc.flush(timeout=STARTUP_FLUSH_S)
 
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(relay_stop), name="relay")
