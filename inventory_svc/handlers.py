@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 
-import structlog
-
 from inventory_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderCancelled, OrderConfirmed, OrderCreated, PaymentCompleted
 from shared.envelope import Envelope, Event
+from shared.logging import get_logger
 from shared.subjects import EventType, Stream
 
-log = structlog.get_logger("inventory_svc")
+log = get_logger("inventory_svc")
 
 
 def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:

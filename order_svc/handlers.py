@@ -5,15 +5,14 @@ from __future__ import annotations
 import sqlite3
 import time
 
-import structlog
-
 from order_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import InventoryFailed, InventoryReserved, OrderCancelRequested, OrderRequested, PaymentFailed
 from shared.envelope import Envelope, Event
+from shared.logging import get_logger
 from shared.subjects import EventType, Stream
 
-log = structlog.get_logger("order_svc")
+log = get_logger("order_svc")
 
 
 def on_orders_requested(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:

@@ -7,14 +7,13 @@ import functools
 import sqlite3
 import time
 
-import structlog
-
 from order_svc import domain, repository
 from shared import outbox
 from shared.aio import sleep_unless_stopped
+from shared.logging import get_logger
 from shared.service import ServiceContext
 
-log = structlog.get_logger("order_svc.timeouts")
+log = get_logger("order_svc.timeouts")
 
 SWEEP_BATCH = 256
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
-import structlog
-
 from payment_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderCancelled, OrderCreated
 from shared.envelope import Envelope, Event
+from shared.logging import get_logger
 from shared.subjects import EventType, Stream
 
-log = structlog.get_logger("payment_svc")
+log = get_logger("payment_svc")
 
 
 def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:

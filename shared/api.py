@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-import structlog
 from nats.micro.request import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.logging import get_logger
 from shared.store import Store
 
-log = structlog.get_logger("api")
+log = get_logger("api")
 
 _HTTP_LIKE = {"bad_request": "400", "not_found": "404", "conflict": "409", "internal": "500"}
 

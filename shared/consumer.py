@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -27,12 +26,12 @@ from shared import inbox, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
 from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, ensure_consumer, reading_paused
-from shared.logging import about_message
+from shared.logging import about_message, get_logger
 from shared.outbox import OutboxRecord, Relay
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
 
-log = structlog.get_logger("consumer")
+log = get_logger("consumer")
 
 
 DataT = TypeVar("DataT", bound=EventData)

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -21,9 +20,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from shared.logging import get_logger
 from shared.subjects import STREAM_SUBJECTS, Stream
 
-log = structlog.get_logger("jetstream")
+log = get_logger("jetstream")
 
 DUPLICATE_WINDOW_S = 120.0
 """The stream drops a second publish with the same Nats-Msg-Id inside this window."""

@@ -39,6 +39,32 @@ class about_message:
         _MESSAGE.reset(self._token)
 
 
+class _Logger:
+    """structlog's lazy logger that stops being lazy once structlog caches loggers.
+
+    structlog's proxy assembles its logger on every method lookup, so ``log.debug(...)`` costs
+    ~0.7 us even when debug lines are filtered out, and the store's thread logs a few times per
+    message (docs/performance.md). Once structlog is configured to cache a logger on first use
+    (``configure_logging`` does), the proxy's logger never changes again: each method is then
+    kept here after its first lookup, and the next call costs a plain attribute (~0.07 us).
+    Before that, every lookup goes through the proxy, so a later ``structlog.configure`` applies.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._proxy = structlog.get_logger(name)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._proxy, name)
+        if structlog.is_configured() and structlog.get_config()["cache_logger_on_first_use"]:
+            setattr(self, name, method)
+        return method
+
+
+def get_logger(name: str) -> Any:
+    """A module's logger: use this rather than ``structlog.get_logger`` (see ``_Logger``)."""
+    return _Logger(name)
+
+
 def _add_message_keys(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     values = _MESSAGE.get() or (None, None, None)
     for key, value in zip(EVENT_KEYS, values, strict=True):

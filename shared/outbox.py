@@ -19,15 +19,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import Event
 from shared.jetstream import MSG_ID_HEADER, Publisher
+from shared.logging import get_logger
 from shared.store import Store
 from shared.subjects import event_subject
 
-log = structlog.get_logger("outbox")
+log = get_logger("outbox")
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,14 @@ import functools
 import sqlite3
 import time
 
-import structlog
-
 from shared.aio import sleep_unless_stopped
 from shared.consumer import retry_delay_s
 from shared.jetstream import ACK_WAIT_S, DUPLICATE_WINDOW_S
+from shared.logging import get_logger
 from shared.settings import Settings, SettingsError
 from shared.store import Store
 
-log = structlog.get_logger("retention")
+log = get_logger("retention")
 
 PRUNE_CHUNK = 5_000
 """Rows deleted per transaction, so pruning never holds the write lock for long."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
-import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
@@ -23,7 +22,7 @@ from nats.micro.service import ServiceConfig
 from shared.api import Endpoint, RepublishRequest, json_endpoint
 from shared.consumer import BatchLoop, Consumer, ConsumerSpec
 from shared.jetstream import Publisher, ensure_streams
-from shared.logging import configure_logging
+from shared.logging import configure_logging, get_logger
 from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
 from shared.runtime import tune_gc
@@ -31,7 +30,7 @@ from shared.settings import Settings, SettingsError
 from shared.store import Store
 from shared.subjects import event_subject
 
-log = structlog.get_logger("service")
+log = get_logger("service")
 
 SHUTDOWN_FLUSH_S = 3
 """How long shutdown waits for the outbox to empty before leaving the rest for the next start."""
