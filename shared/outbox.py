@@ -3,10 +3,11 @@ publishes committed rows to JetStream with ``Nats-Msg-Id = event_id``.
 
 Pipelined: a consumer hands the rows it just committed straight to the relay, which publishes
 them without reading them back; only after a restart, a failed publish or rows written
-elsewhere (timeouts, repairs) does the relay scan the table. A crash between publish and
-marking the row published re-publishes it with the same ``Nats-Msg-Id``: the stream's
-duplicate window drops it, and past the window every consumer's inbox does. Only the relay
-talks to NATS.
+elsewhere (timeouts, repairs) does the relay scan the table. Its progress is one watermark,
+"every row up to id N is published", saved every MARK_INTERVAL_S: an outbox row is written
+once and never updated. A crash re-publishes what went out after the last save, with the same
+``Nats-Msg-Id``: the stream's duplicate window drops it, and past the window every consumer's
+inbox does. Only the relay talks to NATS.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shared.subjects import event_subject
 log = get_logger("outbox")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OutboxRecord:
     """One event to publish: what an outbox row holds."""
 
@@ -38,6 +39,8 @@ class OutboxRecord:
     payload: bytes
     msg_id: str
     """Its event_id, plus a suffix on an operator's re-send (so the stream keeps the copy)."""
+    row_id: int = 0
+    """Its outbox row's id, set by ``insert``: the relay's watermark counts in these."""
 
     @property
     def message(self) -> tuple[str, bytes, dict[str, str]]:
@@ -64,52 +67,77 @@ def from_events(events: Sequence[Event], causation_id: str | None) -> list[Outbo
 
 
 def insert(conn: sqlite3.Connection, records: Sequence[OutboxRecord]) -> None:
-    """Write ``records`` as outbox rows in the caller's transaction (``add`` in two steps)."""
+    """Write ``records`` as outbox rows in the caller's transaction (``add`` in two steps), and
+    set each one's ``row_id``."""
     if records:
         now = time.time()
         conn.executemany(
             "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
             [(r.event_id, r.subject, r.payload, now) for r in records],
         )
+        # One writer holds the lock and AUTOINCREMENT never reuses an id: the statement's rows
+        # took consecutive ids ending at the last one inserted.
+        (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        for row_id, record in enumerate(records, start=last - len(records) + 1):
+            record.row_id = row_id
 
 
 async def requeue(store: Store, subject: str) -> int:
-    """Send the events recorded on ``subject`` again (repair); return how many were queued."""
+    """Send the events recorded on ``subject`` again (repair); return how many were queued.
+
+    Each event gets a new row, a copy of its latest send with ``resends`` one higher, so it goes
+    out under a Nats-Msg-Id the stream has not seen (``msg_id_of``) and behind the watermark.
+    """
 
     def requeue_rows(tx: sqlite3.Connection) -> int:
-        sql = "UPDATE outbox SET published_at = NULL, resends = resends + 1 WHERE subject = ?"
-        return tx.execute(sql, (subject,)).rowcount
+        sql = (
+            "INSERT INTO outbox(event_id, subject, payload, created_at, resends)"
+            " SELECT event_id, subject, payload, ?, MAX(resends) + 1 FROM outbox WHERE subject = ?"
+            " GROUP BY event_id ORDER BY MIN(id)"
+        )
+        return tx.execute(sql, (time.time(), subject)).rowcount
 
     return await store.run(requeue_rows)
 
 
-def _pending(conn: sqlite3.Connection, limit: int) -> list[OutboxRecord]:
-    sql = "SELECT event_id, subject, payload, resends FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?"
-    return [
-        OutboxRecord(event_id, subject, payload, f"{event_id}:resend:{resends}" if resends else event_id)
-        for event_id, subject, payload, resends in conn.execute(sql, (limit,))
+def msg_id_of(event_id: str, resends: int) -> str:
+    """The Nats-Msg-Id of a row: its event_id, with a suffix on an operator's re-send."""
+    return f"{event_id}:resend:{resends}" if resends else event_id
+
+
+def published_through(conn: sqlite3.Connection) -> int:
+    """The saved watermark: every outbox row with an id up to this one is published."""
+    return int(conn.execute("SELECT published_through FROM outbox_relay").fetchone()[0])
+
+
+def _rows_after(conn: sqlite3.Connection, after: int | None, limit: int) -> tuple[int, list[OutboxRecord]]:
+    """The saved watermark if ``after`` is None, and up to ``limit`` rows past ``after`` (or it)."""
+    start = published_through(conn) if after is None else after
+    sql = "SELECT id, event_id, subject, payload, resends FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
+    return start, [
+        OutboxRecord(event_id, subject, payload, msg_id_of(event_id, resends), row_id)
+        for row_id, event_id, subject, payload, resends in conn.execute(sql, (start, limit))
     ]
+
+
+def _save_watermark(tx: sqlite3.Connection, through: int) -> None:
+    tx.execute("UPDATE outbox_relay SET published_through = ? WHERE published_through < ?", (through, through))
 
 
 SAFETY_SCAN_S = 5.0
 """Read the table at least this often even under load, and whenever idle: any row that
 somehow missed the in-memory hand-over is still published (copies are dropped by msg id)."""
 
-MARK_CHUNK = 500
-"""Event ids per UPDATE, well under SQLite's limit on bound parameters."""
-
 MARK_INTERVAL_S = 0.1
-"""Published rows are marked in one transaction at most this often, not one per publish round:
-under load a round is a few messages, and its own transaction cost as much as the publishing.
-A crash re-publishes at most this long's worth of rows, under the same Nats-Msg-Id."""
+"""The watermark is saved at most this often, not once per publish round: under load a round
+is a few messages, and a transaction of its own would cost as much as the publishing. A crash
+re-publishes at most this long's worth of rows, under the same Nats-Msg-Id."""
 
-
-def _mark_published(tx: sqlite3.Connection, event_ids: list[str]) -> None:
-    now = time.time()
-    for start in range(0, len(event_ids), MARK_CHUNK):
-        chunk = event_ids[start : start + MARK_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        tx.execute(f"UPDATE outbox SET published_at = ? WHERE event_id IN ({marks})", (now, *chunk))
+MAX_TRACKED = 100_000
+"""Rows published past a hole in the ids (a row not yet published: written outside a round and
+not yet scanned, or whose publish failed) are remembered until the hole is filled and the
+watermark can pass them. If a hole lasts, this caps the memory: the relay forgets them, and the
+next scans publish them again (the stream drops the copies)."""
 
 
 class RelayError(Exception):
@@ -117,7 +145,12 @@ class RelayError(Exception):
 
 
 class Relay:
-    """Publishes committed outbox rows in id order, pipelined, and marks them published."""
+    """Publishes committed outbox rows in id order, pipelined, and keeps the watermark.
+
+    The watermark advances over ids in order: past every row whose publish was acknowledged,
+    and past every id a scan found no row for (a scan reads all committed rows in its id range:
+    the one writer commits ids in order, so a missing id was rolled back or pruned, never late).
+    """
 
     def __init__(
         self,
@@ -136,8 +169,11 @@ class Relay:
         self._wakeup = asyncio.Event()
         self._queue: deque[OutboxRecord] = deque()
         self._scan = True  # at start, rows left by the previous run may be waiting
+        self._scan_after: int | None = None  # where a sweep of the table goes on from; None: the watermark
         self._last_scan = 0.0
-        self._unmarked: list[str] = []  # published and acknowledged, not yet marked in the table
+        self._through: int | None = None  # the watermark in memory; None until read from the table
+        self._saved_through = 0
+        self._published_ahead: set[int] = set()  # acknowledged ids past the watermark, waiting on a hole
         self._marks_due = 0.0
         self._publishing = False  # the relay task has a batch of its own on the wire
         self._in_flight = 0  # batches sent straight from a round, acks not all in
@@ -175,15 +211,12 @@ class Relay:
             self.wake()
 
     def _landed(self, records: Sequence[OutboxRecord], errors: list[str | None]) -> None:
-        published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
-        if published:
-            if not self._unmarked:  # a new marking window: wake the relay task when it closes
-                asyncio.get_running_loop().call_later(MARK_INTERVAL_S, self._wakeup.set)
-            self._note_published(published)
+        published = [r.row_id for r, error in zip(records, errors, strict=True) if error is None]
+        self._note_published(published)
         if len(published) < len(records):
             first_error = next(error for error in errors if error is not None)
             log.warning("outbox.publish_failed", failed=len(records) - len(published), error=first_error)
-            self.wake()  # what did not go out is still unpublished in the table
+            self.wake()  # what did not go out is still past the watermark in the table
         self._landed_count_down()
 
     def _landed_count_down(self) -> None:
@@ -191,10 +224,26 @@ class Relay:
         if self._in_flight == 0:
             self._all_landed.set()
 
-    def _note_published(self, event_ids: list[str]) -> None:
-        if not self._unmarked:
-            self._marks_due = time.monotonic() + MARK_INTERVAL_S
-        self._unmarked.extend(event_ids)
+    def _note_published(self, row_ids: Sequence[int], *, swept_through: int | None = None) -> None:
+        """Acknowledged: ``row_ids``, and if a scan's whole batch, every id up to ``swept_through``."""
+        self._published_ahead.update(row_ids)
+        if self._through is None:
+            return
+        through = self._through
+        if swept_through is not None and swept_through > through:
+            through = swept_through
+            self._published_ahead = {row_id for row_id in self._published_ahead if row_id > through}
+        while through + 1 in self._published_ahead:
+            through += 1
+            self._published_ahead.discard(through)
+        if len(self._published_ahead) > MAX_TRACKED:
+            log.warning("outbox.watermark_held", through=through, published_ahead=len(self._published_ahead))
+            self._published_ahead.clear()
+        if through > self._through:
+            if self._through == self._saved_through:  # a new saving window: wake the relay when it closes
+                self._marks_due = time.monotonic() + MARK_INTERVAL_S
+                asyncio.get_running_loop().call_later(MARK_INTERVAL_S, self._wakeup.set)
+            self._through = through
 
     async def landed(self, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) until every batch sent from a round has its acks."""
@@ -204,6 +253,10 @@ class Relay:
         """Rows were committed outside a consumer batch (timeouts, repairs): read the table."""
         self._scan = True
         self._wakeup.set()
+
+    @property
+    def _unsaved(self) -> bool:
+        return self._through is not None and self._through > self._saved_through
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; back off while NATS is away, never busy-loop."""
@@ -218,11 +271,11 @@ class Relay:
                 self._wakeup.clear()
                 sent = await self.publish_pending()
                 if sent == 0:
-                    marks_in = self._marks_due - time.monotonic() if self._unmarked else self._idle_poll_s
-                    await wait_event(self._wakeup, max(min(marks_in, self._idle_poll_s), 0.0))
+                    saving_in = self._marks_due - time.monotonic() if self._unsaved else self._idle_poll_s
+                    await wait_event(self._wakeup, max(min(saving_in, self._idle_poll_s), 0.0))
                     quiet = not self._wakeup.is_set()
-                    if quiet and self._unmarked:
-                        await self.flush_marks()  # record what went out
+                    if quiet and self._unsaved:
+                        await self.flush_marks()  # record how far we got
                     elif quiet and time.monotonic() - self._last_sent > self._idle_poll_s:
                         self._scan = True  # idle: look at the table (cheap when it is clean)
                 failures = 0
@@ -231,20 +284,28 @@ class Relay:
                 log.warning("outbox.publish_failed", error=repr(exc), attempt=failures)
                 await sleep_unless_stopped(stop, reconnect_backoff_s(failures))
 
-    async def _next_batch(self) -> list[OutboxRecord]:
+    async def _next_batch(self) -> tuple[list[OutboxRecord], tuple[int, int] | None]:
+        """The next rows to publish and, for a scan, the id range ``(after, last]`` it read: every
+        committed row in that range is among the rows, or was published already."""
         if self._scan or time.monotonic() - self._last_scan > SAFETY_SCAN_S:
-            # Rows sent from rounds and not yet marked would read as still to publish.
+            # Rows sent from rounds must have their acks in, or the scan would send them again.
             await self.landed(self._ack_timeout_s)
             await self.flush_marks()
             self._last_scan = time.monotonic()
             # The table holds everything the queue does, in commit order: read it instead.
             self._scan = False
             self._queue.clear()
-            records = await self._store.read(functools.partial(_pending, limit=self._batch_size))
-            self._scan = self._scan or len(records) == self._batch_size  # more left behind
-            return records
+            from_id = self._scan_after if self._scan_after is not None else self._through
+            after, rows = await self._store.read(functools.partial(_rows_after, after=from_id, limit=self._batch_size))
+            if self._through is None:  # the first scan: where the previous run got to
+                self._through = self._saved_through = after
+            more = len(rows) == self._batch_size
+            self._scan = self._scan or more  # more left behind: the sweep goes on from there
+            self._scan_after = rows[-1].row_id if more else None
+            read = (after, rows[-1].row_id) if rows else None
+            return [r for r in rows if r.row_id not in self._published_ahead], read
         count = min(len(self._queue), self._batch_size)
-        return [self._queue.popleft() for _ in range(count)]
+        return [self._queue.popleft() for _ in range(count)], None
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows; return how many were published."""
@@ -255,34 +316,34 @@ class Relay:
             self._publishing = False
 
     async def _publish_next(self) -> int:
-        records = await self._next_batch()
-        if not records:
-            return 0
-        errors = await self._publisher.publish([r.message for r in records], self._ack_timeout_s)
-        published = [r.event_id for r, error in zip(records, errors, strict=True) if error is None]
-        if published:
-            self._note_published(published)
-            if time.monotonic() >= self._marks_due:
-                await self.flush_marks()
-        if len(published) < len(records):
-            self._scan = True  # what did not go out is still unpublished in the table
+        records, read = await self._next_batch()
+        errors = await self._publisher.publish([r.message for r in records], self._ack_timeout_s) if records else []
+        published = [r.row_id for r, error in zip(records, errors, strict=True) if error is None]
+        # A scan's rows all out: the watermark may pass the whole range it read, holes included,
+        # if nothing before that range is still to go (a sweep's later batches may lie past a
+        # row that failed in an earlier one).
+        all_out = len(published) == len(records)
+        swept = read is not None and all_out and self._through is not None and read[0] <= self._through
+        self._note_published(published, swept_through=read[1] if swept and read else None)
+        if self._unsaved and time.monotonic() >= self._marks_due:
+            await self.flush_marks()
+        if not all_out:
+            self._scan = True  # what did not go out is still past the watermark in the table
             first_error = next(error for error in errors if error is not None)
             raise RelayError(f"{len(records) - len(published)} of {len(records)} publishes failed: {first_error}")
         return len(published)
 
     async def flush_marks(self) -> None:
-        """Mark every published row as such, in one transaction."""
-        if not self._unmarked:
+        """Save the watermark, in one small transaction."""
+        if self._through is None or not self._unsaved:
             return
-        event_ids, self._unmarked = self._unmarked, []
-        try:
-            await self._store.run(functools.partial(_mark_published, event_ids=event_ids))
-        except BaseException:
-            self._unmarked = event_ids + self._unmarked
-            raise
+        through = self._through
+        await self._store.run(functools.partial(_save_watermark, through=through))
+        self._saved_through = max(self._saved_through, through)
 
     async def pending_count(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetchone()[0])
+            sql = "SELECT COUNT(*) FROM outbox WHERE id > (SELECT published_through FROM outbox_relay)"
+            return int(conn.execute(sql).fetchone()[0])
 
         return await self._store.read(count)

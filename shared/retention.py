@@ -25,6 +25,7 @@ from shared.aio import sleep_unless_stopped
 from shared.consumer import retry_delay_s
 from shared.jetstream import ACK_WAIT_S, DUPLICATE_WINDOW_S
 from shared.logging import get_logger
+from shared.outbox import published_through
 from shared.settings import Settings, SettingsError
 from shared.store import Store
 
@@ -84,22 +85,22 @@ async def prune(
 
 
 def _prune_outbox_chunk(tx: sqlite3.Connection, after_id: int, cutoff: float) -> tuple[int, int | None]:
-    """Delete published rows older than ``cutoff`` among the next PRUNE_CHUNK ids after ``after_id``.
+    """Delete published rows created before ``cutoff`` among the next PRUNE_CHUNK ids after ``after_id``.
 
-    Outbox ids grow with creation time, so the rows old enough to prune are a prefix in id order:
-    walking rowid ranges and stopping at the first younger row never scans the recent bulk of
-    the table (a plain ``WHERE published_at < ?`` would scan all of it when nothing is old).
-    Returns the count deleted and where to continue, or None when the old prefix is done.
+    Published rows are those up to the relay's watermark, and outbox ids grow with creation time,
+    so the rows old enough to prune are a prefix in id order: walking rowid ranges and stopping
+    at the first younger row never scans the recent bulk of the table. Returns the count
+    deleted and where to continue, or None when the old prefix is done.
     """
     rows = tx.execute(
-        "SELECT id, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, PRUNE_CHUNK)
+        "SELECT id, created_at FROM outbox WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+        (after_id, published_through(tx), PRUNE_CHUNK),
     ).fetchall()
     old = [row_id for row_id, created_at in rows if created_at < cutoff]
     if not old:
         return 0, None
     deleted = tx.execute(
-        "DELETE FROM outbox WHERE id > ? AND id <= ? AND published_at IS NOT NULL AND published_at < ?",
-        (after_id, old[-1], cutoff),
+        "DELETE FROM outbox WHERE id > ? AND id <= ? AND created_at < ?", (after_id, old[-1], cutoff)
     ).rowcount
     return deleted, old[-1] if len(old) == len(rows) == PRUNE_CHUNK else None
 

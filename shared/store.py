@@ -19,9 +19,9 @@ import aiosqlite
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SHARED_SCHEMA = """
+INBOX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     event_id    TEXT PRIMARY KEY,
     event_type  TEXT NOT NULL,
@@ -29,20 +29,32 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox(received_at);
+"""
+
+OUTBOX_TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id     TEXT NOT NULL UNIQUE,
+    event_id     TEXT NOT NULL,
     subject      TEXT NOT NULL,
     payload      BLOB NOT NULL,
     created_at   REAL NOT NULL,
-    published_at REAL,
-    -- How often an operator re-queued this row (saga-audit --repair): each re-send goes out
-    -- under a fresh Nats-Msg-Id so the stream keeps it; the event_id, and so every
-    -- consumer's inbox decision, stays the same.
+    -- 0 for the event as emitted, n for an operator's n-th re-send of it (saga-audit --repair):
+    -- a copy of the row that goes out under a fresh Nats-Msg-Id, so the stream keeps it. The
+    -- event_id, and so every consumer's inbox decision, stays the same.
     resends      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox(id) WHERE published_at IS NULL;
-"""
+)"""
+
+OUTBOX_RELAY_TABLE = """
+CREATE TABLE IF NOT EXISTS outbox_relay (
+    -- How far the relay has published: every outbox row with an id up to published_through
+    -- is in its stream. One row rewritten now and then, instead of marking each outbox row.
+    singleton         INTEGER PRIMARY KEY CHECK (singleton = 1),
+    published_through INTEGER NOT NULL
+)"""
+
+OUTBOX_RELAY_ROW = "INSERT OR IGNORE INTO outbox_relay(singleton, published_through) VALUES (1, 0)"
+
+SHARED_SCHEMA = INBOX_SCHEMA + ";\n".join((OUTBOX_TABLE, OUTBOX_RELAY_TABLE, OUTBOX_RELAY_ROW)) + ";\n"
 
 # Markers of SQLite errors that are about the store, not the message: another writer holds the
 # lock, or the disk is full or failing. Retrying later is right; dead-lettering would lose work.
@@ -83,6 +95,7 @@ class Store:
         """Open (creating if needed) the file, apply the schema, and return the store."""
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path, synchronous, busy_timeout_ms)
+        await _on_thread(writer, _in_transaction, _migrate_outbox_to_watermark)
         await writer.executescript(SHARED_SCHEMA + service_schema)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         reader = await _connect(path, synchronous, busy_timeout_ms)
@@ -105,6 +118,37 @@ class Store:
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
+
+
+def _migrate_outbox_to_watermark(tx: sqlite3.Connection) -> None:
+    """Schema 1 to 2: the relay's progress moves from a ``published_at`` per outbox row to one
+    watermark. A no-op on a new file and on one already migrated.
+
+    The watermark is set just below the first row never published, so rows published after it
+    go out once more at the next start (under the same Nats-Msg-Id: the stream's duplicate
+    window, or past it every consumer's inbox, drops them). The table is rebuilt because its
+    UNIQUE event_id cannot be dropped in place, and a re-send is now a second row of the same
+    event. AUTOINCREMENT's high-water mark is kept, so no id is ever handed out twice.
+    """
+    columns = {row[1] for row in tx.execute("PRAGMA table_info(outbox)")}
+    if "published_at" not in columns:
+        return
+    (through,) = tx.execute(
+        "SELECT COALESCE((SELECT MIN(id) - 1 FROM outbox WHERE published_at IS NULL), (SELECT MAX(id) FROM outbox), 0)"
+    ).fetchone()
+    (high_water,) = tx.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)").fetchone()
+    tx.execute("ALTER TABLE outbox RENAME TO outbox_schema_1")
+    for statement in (OUTBOX_TABLE, OUTBOX_RELAY_TABLE, OUTBOX_RELAY_ROW):
+        tx.execute(statement)
+    tx.execute(
+        "INSERT INTO outbox(id, event_id, subject, payload, created_at, resends)"
+        " SELECT id, event_id, subject, payload, created_at, resends FROM outbox_schema_1"
+    )
+    tx.execute("DROP TABLE outbox_schema_1")
+    kept = tx.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'", (high_water,))
+    if kept.rowcount == 0:  # nothing was copied, so the new table has no sequence row yet
+        tx.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('outbox', ?)", (high_water,))
+    tx.execute("UPDATE outbox_relay SET published_through = ?", (through,))
 
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:

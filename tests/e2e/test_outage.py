@@ -17,7 +17,7 @@ from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_s
 def _outbox_pending(db: Path, subject: str = "%") -> int:
     import sqlite3
 
-    sql = "SELECT count(*) FROM outbox WHERE published_at IS NULL AND subject LIKE ?"
+    sql = "SELECT count(*) FROM outbox WHERE id > (SELECT published_through FROM outbox_relay) AND subject LIKE ?"
     with sqlite3.connect(db) as conn:
         return int(conn.execute(sql, (subject,)).fetchone()[0])
 

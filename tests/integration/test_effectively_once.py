@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
@@ -42,36 +43,40 @@ async def test_same_event_with_three_msg_ids_creates_one_order_and_one_event(
 
 
 async def test_relay_publishes_with_event_id_as_msg_id_and_a_republish_is_dropped(
-    js: JetStreamContext, make_settings: Callable[..., Settings]
+    nc: Client, js: JetStreamContext, make_settings: Callable[..., Settings]
 ) -> None:
     order_id = unique("o")
+    created_subject = f"orders.created.{order_id}"
     async with running(ORDER_SERVICE, make_settings("order_svc")) as settings:
         request_id = await place_order(js, order_id, "alice", ITEMS)
-        created_subject = f"orders.created.{order_id}"
         await poll(lambda: subject_count(js, "ORDERS", created_subject), lambda n: n == 1)
         msg = await js.get_last_msg("ORDERS", created_subject)
         body = json.loads(msg.data)
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == body["event_id"]
         assert body["causation_id"] == request_id
         assert body["data"] == {"customer_id": "alice", "items": ITEMS, "total_cents": 300}
-        [(outbox_event_id,)] = query(settings.db_path, "SELECT event_id FROM outbox WHERE subject = ?", created_subject)
-        assert outbox_event_id == body["event_id"]
-        # Marked published shortly after the ack (marks are batched, MARK_INTERVAL_S).
-        published_at = await poll(lambda: _published_at(settings, outbox_event_id), lambda at: at is not None)
-
-        # A crash after publishing but before marking the row: the relay sends it again.
-        with sqlite3.connect(settings.db_path) as db:
-            db.execute("UPDATE outbox SET published_at = NULL WHERE event_id = ?", (outbox_event_id,))
-        await poll(
-            lambda: _published_at(settings, outbox_event_id),
-            lambda at: at is not None and at != published_at,
+        [(row_id, outbox_event_id)] = query(
+            settings.db_path, "SELECT id, event_id FROM outbox WHERE subject = ?", created_subject
         )
-        assert await subject_count(js, "ORDERS", created_subject) == 1
+        assert outbox_event_id == body["event_id"]
+        # The watermark passes the row shortly after its ack (it is saved every MARK_INTERVAL_S).
+        await poll(lambda: _watermark(settings), lambda through: through >= row_id)
+
+    # A crash after publishing but before the watermark was saved: the next start sends the row
+    # again, under the same Nats-Msg-Id, and the stream keeps one copy.
+    with sqlite3.connect(settings.db_path) as db:
+        db.execute("UPDATE outbox_relay SET published_through = ?", (row_id - 1,))
+    sent = await nc.subscribe(created_subject)
+    async with running(ORDER_SERVICE, settings):
+        again = await sent.next_msg(timeout=15)
+        assert again.headers is not None and again.headers["Nats-Msg-Id"] == outbox_event_id
+        await poll(lambda: _watermark(settings), lambda through: through >= row_id)
+    assert await subject_count(js, "ORDERS", created_subject) == 1
 
 
-async def _published_at(settings: Settings, event_id: str) -> float | None:
-    [(at,)] = query(settings.db_path, "SELECT published_at FROM outbox WHERE event_id = ?", event_id)
-    return at  # type: ignore[no-any-return]
+async def _watermark(settings: Settings) -> int:
+    [(through,)] = query(settings.db_path, "SELECT published_through FROM outbox_relay")
+    return int(through)
 
 
 async def test_malformed_message_is_dead_lettered_byte_for_byte_and_the_next_one_is_processed(

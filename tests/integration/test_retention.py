@@ -39,13 +39,13 @@ async def test_prune_deletes_old_inbox_entries_and_old_published_outbox_rows_onl
                 [("old-1", now - 2 * DAY), ("old-2", now - 1.5 * DAY), ("fresh", now - 60)],
             )
             add(tx, [Event("orders.created", f"o-{i}", {}) for i in range(4)], None)
-            # o-0: published long ago; o-1: published recently; o-2, o-3: never published.
-            tx.execute(
-                "UPDATE outbox SET created_at = ?, published_at = ? WHERE subject = 'orders.created.o-0'",
-                (now - 2.1 * DAY, now - 2 * DAY),
-            )
-            tx.execute("UPDATE outbox SET published_at = ? WHERE subject = 'orders.created.o-1'", (now - 60,))
+            # o-0: published, created long ago; o-1: published, recent; o-2 (old), o-3: not published.
+            tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-0'", (now - 2.1 * DAY,))
             tx.execute("UPDATE outbox SET created_at = ? WHERE subject = 'orders.created.o-2'", (now - 3 * DAY,))
+            tx.execute(
+                "UPDATE outbox_relay SET published_through = (SELECT id FROM outbox WHERE subject = ?)",
+                ("orders.created.o-1",),
+            )
 
         await store.run(setup)
         deleted = await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now)
@@ -103,18 +103,17 @@ async def test_outbox_pruning_walks_chunk_by_chunk_and_stops_at_the_young_rows(
     now = time.time()
 
     def setup(tx: sqlite3.Connection) -> None:
-        for i in range(23):  # 17 old rows (two never published), then 6 young ones
-            old = i < 17
-            published = None if i in (3, 11) else (now - 2 * DAY if old else now - 10)
+        for i in range(23):  # 17 old rows, then 6 young ones; the first 20 published
             tx.execute(
-                "INSERT INTO outbox(event_id, subject, payload, created_at, published_at) VALUES (?, ?, ?, ?, ?)",
-                (f"e{i}", f"orders.created.o-{i}", b"", now - 3 * DAY if old else now - 20, published),
+                "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
+                (f"e{i}", f"orders.created.o-{i}", b"", now - 3 * DAY if i < 17 else now - 20),
             )
+        tx.execute("UPDATE outbox_relay SET published_through = (SELECT id FROM outbox WHERE event_id = 'e19')")
 
     try:
         await store.run(setup)
-        assert await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now) == (0, 15)
+        assert await prune(store, inbox_retention_s=DAY, outbox_retention_s=DAY, now=now) == (0, 17)
     finally:
         await store.close()
     kept = [row[0] for row in query(tmp_path / "s.sqlite3", "SELECT event_id FROM outbox ORDER BY id")]
-    assert kept == ["e3", "e11"] + [f"e{i}" for i in range(17, 23)]
+    assert kept == [f"e{i}" for i in range(17, 23)]
