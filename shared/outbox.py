@@ -226,10 +226,12 @@ class Relay:
 
     def _note_published(self, row_ids: Sequence[int], *, swept_through: int | None = None) -> None:
         """Acknowledged: ``row_ids``, and if a scan's whole batch, every id up to ``swept_through``."""
-        self._published_ahead.update(row_ids)
         if self._through is None:
+            self._published_ahead.update(row_ids)
             return
         through = self._through
+        # Ids at or below the watermark (a row sent twice: by a scan, then from the queue) are done.
+        self._published_ahead.update(row_id for row_id in row_ids if row_id > through)
         if swept_through is not None and swept_through > through:
             through = swept_through
             self._published_ahead = {row_id for row_id in self._published_ahead if row_id > through}
@@ -275,7 +277,7 @@ class Relay:
                     await wait_event(self._wakeup, max(min(saving_in, self._idle_poll_s), 0.0))
                     quiet = not self._wakeup.is_set()
                     if quiet and self._unsaved:
-                        await self.flush_marks()  # record how far we got
+                        await self.save_watermark()  # record how far we got
                     elif quiet and time.monotonic() - self._last_sent > self._idle_poll_s:
                         self._scan = True  # idle: look at the table (cheap when it is clean)
                 failures = 0
@@ -290,12 +292,14 @@ class Relay:
         if self._scan or time.monotonic() - self._last_scan > SAFETY_SCAN_S:
             # Rows sent from rounds must have their acks in, or the scan would send them again.
             await self.landed(self._ack_timeout_s)
-            await self.flush_marks()
+            await self.save_watermark()
             self._last_scan = time.monotonic()
             # The table holds everything the queue does, in commit order: read it instead.
             self._scan = False
             self._queue.clear()
-            from_id = self._scan_after if self._scan_after is not None else self._through
+            from_id = self._through
+            if self._scan_after is not None and (from_id is None or self._scan_after > from_id):
+                from_id = self._scan_after
             after, rows = await self._store.read(functools.partial(_rows_after, after=from_id, limit=self._batch_size))
             if self._through is None:  # the first scan: where the previous run got to
                 self._through = self._saved_through = after
@@ -326,14 +330,14 @@ class Relay:
         swept = read is not None and all_out and self._through is not None and read[0] <= self._through
         self._note_published(published, swept_through=read[1] if swept and read else None)
         if self._unsaved and time.monotonic() >= self._marks_due:
-            await self.flush_marks()
+            await self.save_watermark()
         if not all_out:
             self._scan = True  # what did not go out is still past the watermark in the table
             first_error = next(error for error in errors if error is not None)
             raise RelayError(f"{len(records) - len(published)} of {len(records)} publishes failed: {first_error}")
         return len(published)
 
-    async def flush_marks(self) -> None:
+    async def save_watermark(self) -> None:
         """Save the watermark, in one small transaction."""
         if self._through is None or not self._unsaved:
             return

@@ -201,7 +201,7 @@ async def _flush_outbox(relay: Relay) -> None:
         try:
             if await relay.publish_pending() == 0:
                 await relay.landed(timeout_s=max(deadline - asyncio.get_running_loop().time(), 0.0))
-                await relay.flush_marks()
+                await relay.save_watermark()
                 return
         except Exception as exc:
             log.warning("outbox.flush_failed", error=repr(exc), left=await relay.pending_count())

@@ -65,13 +65,16 @@ async def test_rows_get_their_ids_and_a_hole_holds_the_watermark_until_a_scan_fi
         await poll(_async(lambda: sorted(seen)), lambda got: len(got) == 5)
         assert f"{prefix}-4" not in seen
         await relay.landed(timeout_s=5)  # their acks are in, so the watermark has moved if it would
-        await relay.flush_marks()
+        await relay.save_watermark()
         assert await _saved(store)() == first[-1].row_id, "the watermark must not pass the unpublished row"
 
         relay.wake()  # the scan publishes the hole, and not again what went out after it
         await poll(_saved(store), lambda through: through == after[-1].row_id)
         assert hole.row_id < after[0].row_id
         assert sorted(seen) == sorted(f"{prefix}-{i}" for i in range(1, 7)), "each event published once"
+        await relay.send(await _commit(store, [f"{prefix}-1"])())  # the same event again, in a new row
+        await poll(_saved(store), lambda through: through == after[-1].row_id + 1)
+        assert not relay._published_ahead, "nothing is left waiting on a hole once it is filled"
     finally:
         stop.set()
         await task
