@@ -339,15 +339,16 @@ class Relay:
 
     async def save_watermark(self) -> None:
         """Save the watermark, in one small transaction."""
-        if self._through is None or not self._unsaved:
-            return
         through = self._through
+        if through is None or through <= self._saved_through:
+            return
         await self._store.run(functools.partial(_save_watermark, through=through))
         self._saved_through = max(self._saved_through, through)
 
     async def pending_count(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
-            sql = "SELECT COUNT(*) FROM outbox WHERE id > (SELECT published_through FROM outbox_relay)"
-            return int(conn.execute(sql).fetchone()[0])
+            return int(
+                conn.execute("SELECT COUNT(*) FROM outbox WHERE id > ?", (published_through(conn),)).fetchone()[0]
+            )
 
         return await self._store.read(count)
