@@ -147,12 +147,16 @@ def order_message(order: Order, rng: random.Random) -> Message:
     return subject, body, {MSG_ID_HEADER: event_id}
 
 
+SEED_DEPOSITS = [(f"rich-{i}", 10**13) for i in range(100)] + [(f"poor-{i}", 1) for i in range(10)]
+"""(customer, cents): enough for 1,000,000 orders, plus the customers who cannot pay."""
+SEED_STOCK = [(f"plenty-{i}", 10**8) for i in range(100)] + [(f"scarce-{i}", 1) for i in range(10)]
+"""(sku, quantity): enough for 1,000,000 orders, plus the skus that run out."""
+
+
 async def seed(nc: Client) -> None:
-    """Customers and stock enough for 1,000,000 orders, plus the ones that must fail."""
-    calls = [client.deposit(nc, f"rich-{i}", 10**13) for i in range(100)]
-    calls += [client.deposit(nc, f"poor-{i}", 1) for i in range(10)]
-    calls += [client.restock(nc, f"plenty-{i}", 10**8) for i in range(100)]
-    calls += [client.restock(nc, f"scarce-{i}", 1) for i in range(10)]
+    """Customers and stock for the orders ``make_orders`` makes."""
+    calls = [client.deposit(nc, customer, cents) for customer, cents in SEED_DEPOSITS]
+    calls += [client.restock(nc, sku, quantity) for sku, quantity in SEED_STOCK]
     await asyncio.gather(*calls)
 
 

@@ -192,13 +192,18 @@ async def _connect(path: Path, synchronous: str, busy_timeout_ms: int) -> aiosql
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the driver never opens
     # a transaction behind our back.
     conn = await aiosqlite.connect(path, isolation_level=None)
+    await _on_thread(conn, configure, synchronous, busy_timeout_ms)
+    return conn
+
+
+def configure(conn: sqlite3.Connection, synchronous: str = "FULL", busy_timeout_ms: int = 5000) -> None:
+    """The settings every connection to a service's file runs with (``Store.open``'s defaults)."""
     conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    await conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
     # SQLite's temporary structures (statement and savepoint journals past their in-memory
     # size, sorters, temporary b-trees) in memory: on disk, a file was created and unlinked in
     # /var/tmp about every other round under load (seen with strace and perf).
-    await conn.execute("PRAGMA temp_store = MEMORY")
-    return conn
+    conn.execute("PRAGMA temp_store = MEMORY")

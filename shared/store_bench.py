@@ -35,12 +35,12 @@ from order_svc import repository as order_repository
 from payment_svc import handlers as payment_handlers
 from payment_svc import repository as payment_repository
 from payment_svc.domain import Account
-from shared.bench import make_orders, order_message
+from shared.bench import SEED_DEPOSITS, SEED_STOCK, make_orders, order_message
 from shared.consumer import BatchLoop, ConsumerSpec, Decoded, Processed
 from shared.logging import configure_logging
 from shared.outbox import OutboxRecord, _save_watermark
 from shared.runtime import tune_gc
-from shared.store import Store
+from shared.store import Store, configure
 
 SERVICES: dict[str, tuple[list[ConsumerSpec], str]] = {
     "order_svc": (order_handlers.CONSUMERS, order_repository.SCHEMA),
@@ -68,24 +68,19 @@ def _open(path: Path, schema: str) -> sqlite3.Connection:
 
     asyncio.run(create())
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON", "temp_store = MEMORY"):
-        conn.execute(f"PRAGMA {pragma}")
+    configure(conn)
     return conn
 
 
 def _seed(conns: dict[str, sqlite3.Connection]) -> None:
     payments = conns["payment_svc"]
     payments.execute("BEGIN")
-    for i in range(100):
-        payment_repository.save_account(payments, Account(f"rich-{i}", 10**13))
-    for i in range(10):
-        payment_repository.save_account(payments, Account(f"poor-{i}", 1))
+    for customer, cents in SEED_DEPOSITS:
+        payment_repository.save_account(payments, Account(customer, cents))
     payments.execute("COMMIT")
     inventory = conns["inventory_svc"]
     inventory.execute("BEGIN")
-    stock = [Stock(f"plenty-{i}", 10**8, 0) for i in range(100)] + [Stock(f"scarce-{i}", 1, 0) for i in range(10)]
-    inventory_repository.save_stock(inventory, stock)
+    inventory_repository.save_stock(inventory, [Stock(sku, quantity, 0) for sku, quantity in SEED_STOCK])
     inventory.execute("COMMIT")
 
 
