@@ -120,7 +120,8 @@ def _rows_after(conn: sqlite3.Connection, after: int | None, limit: int) -> tupl
     ]
 
 
-def _save_watermark(tx: sqlite3.Connection, through: int) -> None:
+def save_published_through(tx: sqlite3.Connection, through: int) -> None:
+    """Move the saved watermark up to ``through``; never down (a late save of an older one is a no-op)."""
     tx.execute("UPDATE outbox_relay SET published_through = ? WHERE published_through < ?", (through, through))
 
 
@@ -342,7 +343,7 @@ class Relay:
         through = self._through
         if through is None or through <= self._saved_through:
             return
-        await self._store.run(functools.partial(_save_watermark, through=through))
+        await self._store.run(functools.partial(save_published_through, through=through))
         self._saved_through = max(self._saved_through, through)
 
     async def pending_count(self) -> int:

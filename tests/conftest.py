@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from shared.harness import NatsServer
+from shared.ops.harness import NatsServer
 
 T = TypeVar("T")
 
@@ -36,6 +37,15 @@ async def poll(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; last value: {result!r}")
         await asyncio.sleep(interval)
+
+
+def sync_probe(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A synchronous read (a file, a log, a local list) as a probe for ``poll``."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
 
 
 @pytest.fixture
@@ -61,6 +71,13 @@ async def subject_count(js: JetStreamContext, stream: str, subject: str) -> int:
     """How many messages ``stream`` holds on ``subject``."""
     info = await js.stream_info(stream, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
+
+
+async def last_event(js: JetStreamContext, stream: str, subject: str) -> Any:
+    """The decoded JSON body of the newest message on ``subject`` in ``stream``."""
+    msg = await js.get_last_msg(stream, subject)
+    assert msg.data is not None, f"{stream} {subject}: a message with no body"
+    return json.loads(msg.data)
 
 
 async def stream_messages(js: JetStreamContext, stream: str, subject: str | None = None) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The code stays lint-clean, formatted and mypy-strict clean: checked on every CI run."""
+"""The code and its tests stay lint-clean, formatted and mypy-strict clean: checked on every CI run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["shared", "order_svc", "payment_svc", "inventory_svc"]
+PACKAGES = ["shared", "order_svc", "payment_svc", "inventory_svc", "tests"]
 
 
 @pytest.mark.parametrize(

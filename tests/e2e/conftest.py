@@ -8,8 +8,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from shared import client
-from shared.harness import System
+from shared.ops import client
+from shared.ops.harness import System
 from tests.conftest import poll, unique
 
 
@@ -23,8 +23,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 @pytest.fixture
 async def nc(system: System) -> AsyncIterator[Client]:
-    assert system.nats_url
-    conn = await nats.connect(system.nats_url)
+    conn = await nats.connect(system.url)
     yield conn
     await conn.close()
 

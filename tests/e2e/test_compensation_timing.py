@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nats
 
-from shared import client
-from shared.harness import System
-from tests.conftest import consumers_idle, poll, subject_count, unique
+from shared.ops import client
+from shared.ops.harness import System
+from tests.conftest import consumers_idle, last_event, poll, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
@@ -17,7 +16,7 @@ async def test_cancel_while_pending_refunds_and_a_late_reservation_leaves_it_can
     """inventory_svc is down, so the order waits PENDING after the charge; the customer cancels."""
     system = System(tmp_path).start(names=("order_svc", "payment_svc"))
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         js = nc.jetstream()
         customer, order_id = await new_customer(nc, 5_000), unique("o")
         await client.place_order(js, order_id, customer, [{"sku": "later", "quantity": 2, "unit_price_cents": 1000}])
@@ -50,7 +49,7 @@ async def test_order_times_out_and_a_late_charge_is_refunded(tmp_path: Path) -> 
     comes back it reads orders.created (charges) then orders.cancelled (refunds): nothing is kept."""
     system = System(tmp_path, service_env={"ORDER_TIMEOUT_S": "1"}).start()
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         js = nc.jetstream()
         customer, sku, order_id = await new_customer(nc, 10_000), await new_sku(nc, 4), unique("o")
         assert system.services["payment_svc"].stop() == 0
@@ -58,7 +57,7 @@ async def test_order_times_out_and_a_late_charge_is_refunded(tmp_path: Path) -> 
         await client.place_order(js, order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 800}])
         order = await client.wait_until_terminal(nc, order_id, timeout=15)
         assert (order["status"], order["reason"]) == ("CANCELLED", "timeout")
-        cancelled = json.loads((await js.get_last_msg("ORDERS", f"orders.cancelled.{order_id}")).data)
+        cancelled = await last_event(js, "ORDERS", f"orders.cancelled.{order_id}")
         assert cancelled["data"] == {"reason": "timeout"}
         assert cancelled["causation_id"] is None
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import nats
 
-from shared import client
-from shared.harness import System
+from shared.ops import client
+from shared.ops.harness import System
 from tests.conftest import consumers_idle, poll, stream_messages, subject_count
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_every_inbound_event_type_and_request_is_documented() -> None:
 async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
     system = System(tmp_path).start()
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         js = nc.jetstream()
         for argv in nats_lines(DOCS) + nats_lines(OPERATIONS):
             if argv[1] == "pub":

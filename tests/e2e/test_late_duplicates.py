@@ -7,8 +7,8 @@ import sqlite3
 
 from nats.aio.client import Client
 
-from shared import client
-from shared.harness import SERVICES, System
+from shared.ops import client
+from shared.ops.harness import SERVICES, System
 from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 

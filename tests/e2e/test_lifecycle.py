@@ -8,9 +8,9 @@ from pathlib import Path
 
 import nats
 
-from shared import client
-from shared.harness import SERVICES, NatsServer, System, free_port
-from tests.conftest import consumers_idle, poll, unique
+from shared.ops import client
+from shared.ops.harness import SERVICES, NatsServer, System, free_port
+from tests.conftest import consumers_idle, poll, sync_probe, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_stock
 
 ITEM_PRICE = 250
@@ -24,13 +24,14 @@ async def test_services_started_before_nats_wait_for_it_and_then_serve(tmp_path:
         system.add_service(name).start(wait=False)
     try:
         await poll(
-            _async(lambda: all('"nats.error"' in s.log_since_start() for s in system.services.values())), lambda ok: ok
+            sync_probe(lambda: all('"nats.error"' in s.log_since_start() for s in system.services.values())),
+            lambda ok: ok,
         )
         assert all(s.proc is not None and s.proc.poll() is None for s in system.services.values())
         system.server = NatsServer(tmp_path / "nats", port=port).start()
         for svc in system.services.values():
             svc.wait_started()
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         customer, sku, order_id = await new_customer(nc, 1_000), await new_sku(nc, 1), unique("o")
         await client.place_order(
             nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 1}]
@@ -41,18 +42,11 @@ async def test_services_started_before_nats_wait_for_it_and_then_serve(tmp_path:
         system.stop()
 
 
-def _async(fn):  # type: ignore[no-untyped-def]
-    async def probe():  # type: ignore[no-untyped-def]
-        return fn()
-
-    return probe
-
-
 async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_path: Path) -> None:
     # DEBUG, so every event a service handles leaves a line to look for after the restart.
     system = System(tmp_path, service_env={"LOG_LEVEL": "DEBUG"}).start()
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 10)
         orders = [unique("o") for _ in range(5)]
         for order_id in orders:
@@ -86,7 +80,7 @@ async def test_sigterm_exits_zero_quickly_and_a_restart_redelivers_nothing(tmp_p
 async def test_every_log_line_is_json_with_service_event_type_order_id_and_event_id(tmp_path: Path) -> None:
     system = System(tmp_path, service_env={"LOG_LEVEL": "DEBUG"}).start()
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         customer, sku, order_id = await new_customer(nc, 1_000), await new_sku(nc, 1), unique("o")
         await client.place_order(
             nc.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 5}]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nats
 
-from shared import client
-from shared.harness import System
 from shared.jetstream import ACK_WAIT_S
-from tests.conftest import consumers_idle, poll, subject_count, unique
+from shared.ops import client
+from shared.ops.harness import System
+from tests.conftest import consumers_idle, last_event, poll, subject_count, sync_probe, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
@@ -26,7 +25,7 @@ async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_o
     # Long enough that the order cannot time out between being seen PENDING and the kill.
     system = System(tmp_path, service_env={"ORDER_TIMEOUT_S": "3"}).start()
     assert system.server is not None
-    nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await nats.connect(system.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
         customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 5)
@@ -39,7 +38,7 @@ async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_o
         # The timeout fires while NATS is away: its orders.cancelled waits in the outbox.
         order_db = system.services["order_svc"].db_path
         cancelled_subject = f"orders.cancelled.{order_id}"
-        await poll(_async(lambda: _outbox_pending(order_db, cancelled_subject)), lambda n: n == 1, timeout=15)
+        await poll(sync_probe(lambda: _outbox_pending(order_db, cancelled_subject)), lambda n: n == 1, timeout=15)
         for name in ("order_svc", "inventory_svc"):
             proc = system.services[name].proc
             assert proc is not None and proc.poll() is None, f"{name} must stay up while NATS is down"
@@ -47,9 +46,9 @@ async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_o
         system.server.start()  # same port, same store
         system.services["payment_svc"].start()
         await poll(lambda: subject_count(js, "ORDERS", cancelled_subject), lambda n: n == 1, timeout=30)
-        cancelled = json.loads((await js.get_last_msg("ORDERS", cancelled_subject)).data)
+        cancelled = await last_event(js, "ORDERS", cancelled_subject)
         assert cancelled["data"] == {"reason": "timeout"}
-        await poll(_async(lambda: _outbox_pending(order_db)), lambda n: n == 0)
+        await poll(sync_probe(lambda: _outbox_pending(order_db)), lambda n: n == 0)
 
         # payment_svc charged on orders.created, then refunded on orders.cancelled.
         await settled_balance(nc, customer, 10_000)
@@ -69,10 +68,3 @@ async def test_events_emitted_while_nats_is_down_wait_in_the_outbox_and_go_out_o
     finally:
         await nc.close()
         system.stop()
-
-
-def _async(fn):  # type: ignore[no-untyped-def]
-    async def probe():  # type: ignore[no-untyped-def]
-        return fn()
-
-    return probe

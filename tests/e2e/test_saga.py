@@ -6,9 +6,9 @@ import json
 
 from nats.aio.client import Client
 
-from shared import client
-from shared.harness import System
-from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
+from shared.ops import client
+from shared.ops.harness import System
+from tests.conftest import consumers_idle, last_event, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
@@ -65,9 +65,9 @@ async def test_order_cancelled_and_customer_refunded_when_stock_runs_out(nc: Cli
     await settled_balance(nc, customer, 10_000)  # charged 2300, then refunded
     await settled_stock(nc, plenty, 10)  # all or nothing: the available sku was not taken either
     await settled_stock(nc, scarce, 1)
-    failed = json.loads((await js.get_last_msg("INVENTORY", f"inventory.failed.{order_id}")).data)
+    failed = await last_event(js, "INVENTORY", f"inventory.failed.{order_id}")
     assert failed["data"] == {"reason": "out_of_stock", "sku": scarce}
-    refunded = json.loads((await js.get_last_msg("PAYMENTS", f"payments.refunded.{order_id}")).data)
+    refunded = await last_event(js, "PAYMENTS", f"payments.refunded.{order_id}")
     assert refunded["data"] == {"amount_cents": 2300, "reason": "out_of_stock"}
 
 
@@ -143,7 +143,7 @@ async def test_duplicate_order_id_is_rejected_and_the_first_order_is_unchanged(n
     await client.place_order(js, order_id, customer, [item(sku, 5, 9999)])
     rejected = await poll(lambda: subject_count(js, "ORDERS", f"orders.rejected.{order_id}"), lambda n: n == 1)
     assert rejected == 1
-    body = json.loads((await js.get_last_msg("ORDERS", f"orders.rejected.{order_id}")).data)
+    body = await last_event(js, "ORDERS", f"orders.rejected.{order_id}")
     assert body["data"] == {"reason": "duplicate_order_id"}
     assert await client.get_order(nc, order_id) == first
     assert first["status"] == "CONFIRMED" and first["total_cents"] == 300

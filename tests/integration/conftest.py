@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
-from shared.harness import NatsServer
+from shared.ops.harness import NatsServer
 from shared.service import ServiceDefinition, serve
 from shared.settings import Settings
 from tests.conftest import poll

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from inventory_svc.__main__ import INVENTORY_SERVICE
-from shared.client import publish_event, restock, stock
+from shared.ops.client import publish_event, restock, stock
 from shared.settings import Settings
 from shared.subjects import EventType
 from tests.conftest import consumers_idle, poll, stream_messages, unique

@@ -13,10 +13,10 @@ from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
 from order_svc.handlers import on_orders_requested
-from shared.client import place_order
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderRequested
 from shared.envelope import Envelope, Event
+from shared.ops.client import place_order
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique
@@ -51,6 +51,7 @@ async def test_relay_publishes_with_event_id_as_msg_id_and_a_republish_is_droppe
         request_id = await place_order(js, order_id, "alice", ITEMS)
         await poll(lambda: subject_count(js, "ORDERS", created_subject), lambda n: n == 1)
         msg = await js.get_last_msg("ORDERS", created_subject)
+        assert msg.data is not None
         body = json.loads(msg.data)
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == body["event_id"]
         assert body["causation_id"] == request_id

@@ -20,7 +20,7 @@ from shared.envelope import Event
 from shared.jetstream import MSG_ID_HEADER, Publisher, ensure_streams
 from shared.outbox import OutboxRecord, Relay, published_through
 from shared.store import SCHEMA_VERSION, Store
-from tests.conftest import poll, unique
+from tests.conftest import poll, sync_probe, unique
 from tests.integration.conftest import query
 
 
@@ -62,7 +62,7 @@ async def test_rows_get_their_ids_and_a_hole_holds_the_watermark_until_a_scan_fi
         [hole] = await _commit(store, [f"{prefix}-4"])()
         after = await _commit(store, [f"{prefix}-5", f"{prefix}-6"])()
         await relay.send(after)
-        await poll(_async(lambda: sorted(seen)), lambda got: len(got) == 5)
+        await poll(sync_probe(lambda: sorted(seen)), lambda got: len(got) == 5)
         assert f"{prefix}-4" not in seen
         await relay.landed(timeout_s=5)  # their acks are in, so the watermark has moved if it would
         await relay.save_watermark()
@@ -155,10 +155,3 @@ CREATE INDEX outbox_unpublished ON outbox(id) WHERE published_at IS NULL;
 
 def _saved(store: Store) -> Callable[[], asyncio.Future[int]]:
     return lambda: asyncio.ensure_future(store.read(published_through))
-
-
-def _async(fn: Callable[[], list[str]]) -> Callable[[], asyncio.Future[list[str]]]:
-    async def call() -> list[str]:
-        return fn()
-
-    return lambda: asyncio.ensure_future(call())

@@ -17,10 +17,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
-from shared.client import place_order
 from shared.consumer import BatchLoop, Decoded
-from shared.harness import NatsServer
 from shared.jetstream import reading_paused, socket_transport
+from shared.ops.client import place_order
+from shared.ops.harness import NatsServer
 from shared.settings import Settings
 from tests.conftest import poll, subject_count, unique
 from tests.integration.conftest import running

@@ -15,8 +15,8 @@ from nats.js import JetStreamContext
 from order_svc.__main__ import ORDER_SERVICE
 from order_svc.repository import SCHEMA as ORDER_SCHEMA
 from shared import retention
-from shared.client import place_order
 from shared.envelope import Event
+from shared.ops.client import place_order
 from shared.outbox import add
 from shared.retention import inbox_retention_floor_s, prune
 from shared.settings import Settings

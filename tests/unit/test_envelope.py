@@ -9,7 +9,7 @@ from shared.envelope import BadMessage, Envelope, Event, new_event_id, parse_dat
 
 
 def body(**overrides: object) -> bytes:
-    envelope = {"event_id": "e-1", "type": "orders.requested", "order_id": "o-1", "data": {}}
+    envelope: dict[str, object] = {"event_id": "e-1", "type": "orders.requested", "order_id": "o-1", "data": {}}
     envelope.update(overrides)
     return json.dumps(envelope).encode()
 

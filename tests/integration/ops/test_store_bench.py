@@ -1,8 +1,8 @@
-"""``python -m shared.store_bench`` runs the three services' rounds to the end of every saga."""
+"""``python -m shared.ops.store_bench`` runs the three services' rounds to the end of every saga."""
 
 from __future__ import annotations
 
-from shared.store_bench import SERVICES, run
+from shared.ops.store_bench import SERVICES, run
 
 
 def test_every_saga_runs_to_its_end_and_each_service_is_timed() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from shared.client import request
+from shared.ops.client import request
 from shared.subjects import (
     API_INVENTORY_RESERVATIONS,
     API_INVENTORY_SKUS,

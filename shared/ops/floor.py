@@ -1,6 +1,6 @@
 """Bare relays for ``saga-bench --floor``: the same hops as the saga with none of its guarantees.
 
-``python -m shared.floor order|payment|inventory`` consumes the same subjects as the real
+``python -m shared.ops.floor order|payment|inventory`` consumes the same subjects as the real
 service with the same pull, decodes each message the same way (one validation pass against the
 route's data model), writes the next event's JSON and publishes it the same way (pipelined,
 ``Nats-Msg-Id`` set) and acks — with no store, no dedup, no outbox, no compensation records. The

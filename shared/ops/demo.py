@@ -19,9 +19,9 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from shared import client
-from shared.harness import NatsServer, System, free_port, port_is_free
 from shared.jetstream import MSG_ID_HEADER
+from shared.ops import client
+from shared.ops.harness import NatsServer, System, free_port, port_is_free
 
 DEFAULT_PORT = 4222
 

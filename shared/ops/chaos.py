@@ -34,10 +34,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared import client
-from shared.audit import audit, collect
-from shared.harness import SERVICES, NatsServer, System, exit_on_sigterm
 from shared.jetstream import MSG_ID_HEADER
+from shared.ops import client
+from shared.ops.audit import audit, collect
+from shared.ops.harness import SERVICES, NatsServer, System, exit_on_sigterm
 from shared.subjects import Stream
 
 DUP_HEADER = "Chaos-Dup"

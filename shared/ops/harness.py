@@ -229,6 +229,13 @@ class System:
     server: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
+    @property
+    def url(self) -> str:
+        """The server the services use: the embedded one once started, or the one given."""
+        if self.nats_url is None:
+            raise RuntimeError("System.start() first: no server yet")
+        return self.nats_url
+
     def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
         if self.nats_url is None:
             self.server = NatsServer(self.workdir / "nats", port=server_port).start()
@@ -238,8 +245,7 @@ class System:
         return self
 
     def add_service(self, name: str) -> ServiceProcess:
-        assert self.nats_url is not None
-        svc = ServiceProcess(name, self.nats_url, self.workdir, self.service_env)
+        svc = ServiceProcess(name, self.url, self.workdir, self.service_env)
         self.services[name] = svc
         return svc
 

@@ -35,10 +35,10 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from shared import client
 from shared.aio import sleep_unless_stopped
-from shared.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
 from shared.jetstream import MSG_ID_HEADER, Publisher
+from shared.ops import client
+from shared.ops.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
 from shared.runtime import tune_gc
 from shared.subjects import Stream
 
@@ -301,7 +301,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
     env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level}
     if floor:
         services = [
-            ServiceProcess(f"floor-{r}", server.url, workdir, env, module="shared.floor", args=(r,))
+            ServiceProcess(f"floor-{r}", server.url, workdir, env, module="shared.ops.floor", args=(r,))
             for r in FLOOR_ROLES
         ]
     else:

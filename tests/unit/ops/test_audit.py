@@ -1,6 +1,6 @@
 from typing import Any
 
-from shared.audit import Discrepancy, Repair, Snapshot, audit
+from shared.ops.audit import Discrepancy, Repair, Snapshot, audit
 
 
 def order(status: str, total: int = 500, customer: str = "alice", created_at: float = 0.0) -> dict[str, Any]:

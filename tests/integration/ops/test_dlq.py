@@ -14,10 +14,10 @@ from nats.js import JetStreamContext
 
 from order_svc.__main__ import ORDER_SERVICE
 from order_svc.handlers import on_orders_requested
-from shared.client import place_order
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderRequested
 from shared.envelope import Envelope, Event
+from shared.ops.client import place_order
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique

@@ -11,19 +11,18 @@ from pathlib import Path
 
 import nats
 
-from shared import client
-from shared.harness import System
+from shared.ops import client
+from shared.ops.harness import System
 from tests.conftest import consumers_idle, poll, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
 def saga_audit(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    assert system.nats_url
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "saga-audit"),
             "--nats-url",
-            system.nats_url,
+            system.url,
             "--page-size",
             "2",
             "--confirm-after",
@@ -47,7 +46,7 @@ def inbox_delete(db: Path, order_id: str, event_type: str) -> None:
 async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_purpose(tmp_path: Path) -> None:
     system = System(tmp_path).start()
     try:
-        nc = await nats.connect(system.nats_url)
+        nc = await nats.connect(system.url)
         js = nc.jetstream()
         customer, sku = await new_customer(nc, 10_000), await new_sku(nc, 5)
         confirmed, refunded, poor = unique("o"), unique("o"), unique("o")

@@ -1,4 +1,4 @@
-"""``python -m shared.store_bench``: what the guarantees cost on a store's thread, without the noise.
+"""``python -m shared.ops.store_bench``: what the guarantees cost on a store's thread, without the noise.
 
 A saga's extra cost over the floor is almost all on each service's store thread: the rounds'
 transactions (inbox, handler, outbox, commit) and the relay's watermark. End to end, this
@@ -35,10 +35,10 @@ from order_svc import repository as order_repository
 from payment_svc import handlers as payment_handlers
 from payment_svc import repository as payment_repository
 from payment_svc.domain import Account
-from shared.bench import SEED_DEPOSITS, SEED_STOCK, make_orders, order_message
 from shared.consumer import BatchLoop, ConsumerSpec, Decoded, Processed
 from shared.logging import configure_logging
-from shared.outbox import OutboxRecord, _save_watermark
+from shared.ops.bench import SEED_DEPOSITS, SEED_STOCK, make_orders, order_message
+from shared.outbox import OutboxRecord, save_published_through
 from shared.runtime import tune_gc
 from shared.store import Store, configure
 
@@ -122,7 +122,7 @@ def run(orders: int, seed: int) -> Result:
                 rounds[name] += 1
                 if rounds[name] % SAVE_EVERY == 0 and unsaved[name]:
                     conn.execute("BEGIN IMMEDIATE")
-                    _save_watermark(conn, max(r.row_id for r in unsaved[name]))
+                    save_published_through(conn, max(r.row_id for r in unsaved[name]))
                     conn.commit()
                     unsaved[name] = []
                 cpu[name] += time.thread_time() - started
