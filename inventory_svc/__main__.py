@@ -5,11 +5,13 @@ from __future__ import annotations
 from inventory_svc import api, handlers, repository
 from shared.service import ServiceDefinition
 from shared.service import main as run_service
+from shared.subjects import Stream
 
 INVENTORY_SERVICE = ServiceDefinition(
     name="inventory_svc",
     api_name="inventory",
     description="Stock of the choreographed saga: reserve, release, restock.",
+    stream=Stream.INVENTORY,
     schema=repository.SCHEMA,
     consumers=handlers.CONSUMERS,
     endpoints=api.endpoints,

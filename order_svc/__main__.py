@@ -6,11 +6,13 @@ from order_svc import api, handlers, repository
 from order_svc.timeouts import run_timeouts
 from shared.service import ServiceDefinition
 from shared.service import main as run_service
+from shared.subjects import Stream
 
 ORDER_SERVICE = ServiceDefinition(
     name="order_svc",
     api_name="orders",
     description="Orders of the choreographed saga: place, cancel, query.",
+    stream=Stream.ORDERS,
     schema=repository.SCHEMA,
     consumers=handlers.CONSUMERS,
     endpoints=api.endpoints,

@@ -5,11 +5,13 @@ from __future__ import annotations
 from payment_svc import api, handlers, repository
 from shared.service import ServiceDefinition
 from shared.service import main as run_service
+from shared.subjects import Stream
 
 PAYMENT_SERVICE = ServiceDefinition(
     name="payment_svc",
     api_name="payments",
     description="Customer balances of the choreographed saga: charge, refund, deposit.",
+    stream=Stream.PAYMENTS,
     schema=repository.SCHEMA,
     consumers=handlers.CONSUMERS,
     endpoints=api.endpoints,

@@ -1,6 +1,6 @@
-"""Create or update the streams and durable consumers a service needs, idempotently.
+"""JetStream for the services: durable consumers, a continuous pull, a pipelined publisher.
 
-Any service may start first, so each one ensures all four streams exist with the same settings.
+The streams themselves are made in ``shared.streams``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.logging import get_logger
-from shared.subjects import STREAM_SUBJECTS, Stream
+from shared.subjects import Stream
 
 log = get_logger("jetstream")
 
@@ -50,31 +49,6 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 STATUS_HEADER = "Status"
 PENDING_MESSAGES_HEADER = "Nats-Pending-Messages"
 HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT = "100", "404", "408"
-
-STREAM_IN_USE = 10058  # JetStream's err_code for "stream name already in use with a different configuration"
-
-
-def stream_config(stream: Stream) -> StreamConfig:
-    return StreamConfig(
-        name=stream.value,
-        subjects=[STREAM_SUBJECTS[stream]],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-    )
-
-
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream of the saga, or update one whose settings drifted."""
-    for stream in Stream:
-        config = stream_config(stream)
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != STREAM_IN_USE:
-                raise
-            await js.update_stream(config)
-            log.info("stream.updated", stream=stream.value)
 
 
 class Puller:

@@ -1,14 +1,16 @@
 """Bounded storage: old inbox entries and published outbox rows are pruned on a schedule.
 
 Why the inbox may forget: a consumer needs an event_id only as long as a duplicate of that
-event can still reach it. A duplicate comes either as a second copy in the stream (the stream's
-duplicate window drops copies with the same Nats-Msg-Id) or as a JetStream redelivery of an
-unacknowledged message, which stops after MAX_DELIVERIES deliveries spaced by the retry delays,
-each at most ACK_WAIT after the last. So the floor is
+event can still reach it. A duplicate comes as a second copy in the stream (the stream's
+duplicate window drops copies with the same Nats-Msg-Id), as a JetStream redelivery of an
+unacknowledged message (which stops after MAX_DELIVERIES deliveries spaced by the retry delays,
+each at most ACK_WAIT after the last), or as the same stream message delivered again from the
+stream itself, for as long as the stream keeps it (a durable consumer deleted and made anew
+starts from the stream's first message). So the floor is
 
-    duplicate window + ACK_WAIT + sum of the retry delays over MAX_DELIVERIES deliveries
+    max(duplicate window, STREAM_MAX_AGE_S) + ACK_WAIT + sum of the retry delays over MAX_DELIVERIES
 
-(about 5 minutes with the defaults), and a service refuses to start with a shorter
+(a day and 152 s with the defaults), and a service refuses to start with a shorter
 INBOX_RETENTION_S. Past the floor, a very late copy (a client re-sending a day-old event, a
 server that lost its ack state during a long outage) meets the second line: every handler is a
 state machine keyed by order_id that refuses to apply a step twice (docs/operations.md).
@@ -40,18 +42,21 @@ def redelivery_horizon_s(max_deliveries: int) -> float:
     return ACK_WAIT_S + sum(retry_delay_s(n) for n in range(1, max_deliveries + 1))
 
 
-def inbox_retention_floor_s(max_deliveries: int) -> float:
+def inbox_retention_floor_s(max_deliveries: int, stream_max_age_s: float = 0.0) -> float:
     """The shortest safe INBOX_RETENTION_S (see the module docstring)."""
-    return DUPLICATE_WINDOW_S + redelivery_horizon_s(max_deliveries)
+    return max(DUPLICATE_WINDOW_S, stream_max_age_s) + redelivery_horizon_s(max_deliveries)
 
 
 def check_retention(settings: Settings) -> None:
     """Refuse settings under which a duplicate could outlive its inbox entry."""
-    floor = inbox_retention_floor_s(settings.max_deliveries)
+    floor = inbox_retention_floor_s(settings.max_deliveries, settings.stream_max_age_s)
     if settings.inbox_retention_s < floor:
+        longest, what = max(
+            (DUPLICATE_WINDOW_S, "the duplicate window"), (settings.stream_max_age_s, "STREAM_MAX_AGE_S")
+        )
         raise SettingsError(
             f"INBOX_RETENTION_S={settings.inbox_retention_s:g} is below the safe minimum {floor:g} s "
-            f"(duplicate window {DUPLICATE_WINDOW_S:g} s + redelivery horizon "
+            f"({what} {longest:g} s + redelivery horizon "
             f"{redelivery_horizon_s(settings.max_deliveries):g} s for MAX_DELIVERIES={settings.max_deliveries})"
         )
 

@@ -14,21 +14,22 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
 from shared.api import Endpoint, RepublishRequest, json_endpoint
+from shared.connection import connect
 from shared.consumer import BatchLoop, Consumer, ConsumerSpec
-from shared.jetstream import Publisher, ensure_streams
+from shared.jetstream import Publisher
 from shared.logging import configure_logging, get_logger
 from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
 from shared.runtime import tune_gc
 from shared.settings import Settings, SettingsError
 from shared.store import Store
-from shared.subjects import event_subject
+from shared.streams import StreamSetupError, ensure_streams
+from shared.subjects import Stream, event_subject
 
 log = get_logger("service")
 
@@ -56,6 +57,8 @@ class ServiceDefinition:
     api_name: str
     """The NATS micro service name, e.g. ``orders``."""
     description: str
+    stream: Stream
+    """The stream of the events this service emits: it owns that stream's settings (shared.streams)."""
     schema: str
     consumers: Sequence[ConsumerSpec]
     endpoints: Callable[[ServiceContext], Sequence[Endpoint]]
@@ -75,7 +78,12 @@ def main(definition: ServiceDefinition) -> None:
         raise SystemExit(2) from None
     configure_logging(definition.name, settings.log_format, settings.log_level)
     tune_gc()
-    raise SystemExit(asyncio.run(serve(definition, settings)))
+    try:
+        code = asyncio.run(serve(definition, settings))
+    except StreamSetupError as exc:
+        print(f"{definition.name}: cannot start: {exc}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
 
 
 async def serve(
@@ -109,7 +117,7 @@ async def serve(
         return 0
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.stream_settings, owned=frozenset({definition.stream, Stream.DLQ}))
         publisher = Publisher(nc)
         await publisher.start()
         relay = Relay(store, publisher)
@@ -221,8 +229,8 @@ async def _connect(settings: Settings, stop: asyncio.Event) -> Client | None:
         log.info("nats.reconnected")
 
     connecting = asyncio.create_task(
-        nats.connect(
-            servers=settings.nats_url.split(","),
+        connect(
+            settings.nats_url,
             name=settings.service,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1.0,

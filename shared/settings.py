@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from shared.connection import servers
+from shared.jetstream import DUPLICATE_WINDOW_S
+from shared.streams import StreamSettings
+
 LogFormat = Literal["json", "console"]
 SqliteSync = Literal["FULL", "NORMAL"]
 
@@ -28,11 +32,30 @@ def _env_float(name: str, default: float, minimum: float) -> float:
     return value
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
+def _env_int(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     value = _env_float(name, default, minimum)
     if value != int(value):
         raise SettingsError(f"{name}={value!r} must be a whole number")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={int(value)} must be at most {maximum}")
     return int(value)
+
+
+def _env_bytes(name: str, default: int) -> int:
+    """A size in bytes, or -1 for no limit."""
+    value = _env_int(name, default, minimum=-1)
+    if value == 0:
+        raise SettingsError(f"{name}=0: a stream that holds nothing; give a size in bytes, or -1 for no limit")
+    return value
+
+
+def _env_servers(name: str, default: str) -> str:
+    raw = os.environ.get(name) or default
+    try:
+        servers(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    return raw
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -78,14 +101,48 @@ class Settings:
     max_deliveries: int = 10
     """``MAX_DELIVERIES``: a message whose handler still fails after this many deliveries is dead-lettered."""
 
-    inbox_retention_s: float = 86_400.0
-    """``INBOX_RETENTION_S``: how long a processed event_id is remembered (see docs/operations.md)."""
+    inbox_retention_s: float = 172_800.0
+    """``INBOX_RETENTION_S``: how long a processed event_id is remembered: at least as long as a
+    stream keeps a message (``STREAM_MAX_AGE_S``), plus the redelivery horizon (docs/operations.md)."""
 
     outbox_retention_s: float = 86_400.0
     """``OUTBOX_RETENTION_S``: how long a published event is kept, for ``saga-audit --repair`` to re-send."""
 
     prune_interval_s: float = 60.0
     """``PRUNE_INTERVAL_S``: how often old inbox and outbox rows are deleted."""
+
+    stream_replicas: int = 1
+    """``STREAM_REPLICAS``: copies of each stream in a JetStream cluster (3 on a 3-node cluster; at most 5)."""
+
+    stream_max_age_s: float = 86_400.0
+    """``STREAM_MAX_AGE_S``: how long ORDERS, PAYMENTS and INVENTORY keep a message. Also how long a
+    service may be down before events meant for it expire unread."""
+
+    stream_max_bytes: int = 4 * 2**30
+    """``STREAM_MAX_BYTES``: the most each of those streams holds (-1: no limit). When full, a publish is
+    refused (it waits in its outbox, and a client sees the error) rather than an old event dropped.
+    The server reserves it up front on every node that holds a replica (docs/operations.md)."""
+
+    dlq_max_age_s: float = 30 * 86_400.0
+    """``DLQ_MAX_AGE_S``: how long a dead letter is kept for an operator to look at."""
+
+    dlq_max_bytes: int = 512 * 2**20
+    """``DLQ_MAX_BYTES``: the most the DLQ holds (-1: no limit); when full, dead-lettering waits (the
+    message is nakked and comes back), nothing is dropped."""
+
+    lease_ttl_s: float = 10.0
+    """``LEASE_TTL_S``: a writer's lease lapses this long after its last renewal; a standby then
+    takes over. Renewed every third of it; longer than a JetStream leader election (about 5 s)."""
+
+    @property
+    def stream_settings(self) -> StreamSettings:
+        return StreamSettings(
+            replicas=self.stream_replicas,
+            max_age_s=self.stream_max_age_s,
+            max_bytes=self.stream_max_bytes,
+            dlq_max_age_s=self.dlq_max_age_s,
+            dlq_max_bytes=self.dlq_max_bytes,
+        )
 
     @property
     def db_path(self) -> Path:
@@ -96,7 +153,7 @@ class Settings:
         """Read the settings of ``service`` from the environment; raise SettingsError on a bad value."""
         return cls(
             service=service,
-            nats_url=os.environ.get("NATS_URL") or cls.nats_url,
+            nats_url=_env_servers("NATS_URL", cls.nats_url),
             data_dir=Path(os.environ.get("DATA_DIR") or cls.data_dir),
             order_timeout_s=_env_float("ORDER_TIMEOUT_S", cls.order_timeout_s, minimum=0.1),
             log_format=_env_choice("LOG_FORMAT", cls.log_format, ("json", "console")),  # type: ignore[arg-type]
@@ -110,4 +167,11 @@ class Settings:
             inbox_retention_s=_env_float("INBOX_RETENTION_S", cls.inbox_retention_s, minimum=0),
             outbox_retention_s=_env_float("OUTBOX_RETENTION_S", cls.outbox_retention_s, minimum=0),
             prune_interval_s=_env_float("PRUNE_INTERVAL_S", cls.prune_interval_s, minimum=0.1),
+            stream_replicas=_env_int("STREAM_REPLICAS", cls.stream_replicas, minimum=1, maximum=5),
+            # A stream's duplicate window cannot be longer than its max_age.
+            stream_max_age_s=_env_float("STREAM_MAX_AGE_S", cls.stream_max_age_s, minimum=DUPLICATE_WINDOW_S),
+            stream_max_bytes=_env_bytes("STREAM_MAX_BYTES", cls.stream_max_bytes),
+            dlq_max_age_s=_env_float("DLQ_MAX_AGE_S", cls.dlq_max_age_s, minimum=DUPLICATE_WINDOW_S),
+            dlq_max_bytes=_env_bytes("DLQ_MAX_BYTES", cls.dlq_max_bytes),
+            lease_ttl_s=_env_float("LEASE_TTL_S", cls.lease_ttl_s, minimum=1.0),
         )

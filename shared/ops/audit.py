@@ -25,6 +25,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
+from shared.connection import connect, nats_url_from_env
 from shared.ops.client import request
 from shared.subjects import (
     API_INVENTORY_RESERVATIONS,
@@ -344,7 +345,7 @@ def print_report(snap: Snapshot, found: list[Discrepancy]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+    nc = await connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=3)
     try:
         snap, found = await run_audit(nc, args.page_size, args.confirm_after)
         if args.json:
@@ -367,10 +368,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
     parser = argparse.ArgumentParser(prog="saga-audit", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--nats-url", default=nats_url_from_env(), help="server(s), comma-separated (NATS_URL)")
     parser.add_argument("--repair", action="store_true", help="re-send the events that trigger missing steps")
     parser.add_argument("--page-size", type=int, default=500, help="records per request (1-1000)")
     parser.add_argument(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from shared.connection import connect, nats_url_from_env
 from shared.jetstream import MSG_ID_HEADER
 from shared.subjects import Stream
 
@@ -104,7 +104,7 @@ def _printable(body: bytes) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+    nc = await connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=3)
     js = nc.jetstream()
     try:
         if args.command == "list":
@@ -145,7 +145,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saga-dlq", description="List, inspect and replay dead letters.")
-    parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--nats-url", default=nats_url_from_env(), help="server(s), comma-separated (NATS_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="every dead letter, oldest first")
     listing.add_argument("--service")

@@ -13,21 +13,21 @@ the cost of the guarantees.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from shared.aio import forward, wait_event
+from shared.connection import connect, nats_url_from_env
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event
-from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer, ensure_streams
+from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer
 from shared.outbox import from_events
 from shared.runtime import tune_gc
+from shared.streams import ensure_streams
 from shared.subjects import EventType
 
 Decide = Callable[[Envelope, Any], list[Event]]
@@ -121,7 +121,7 @@ async def main_async(role: str) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), max_reconnect_attempts=-1)
+    nc = await connect(nats_url_from_env(), max_reconnect_attempts=-1)
     await ensure_streams(nc.jetstream())
     publisher = Publisher(nc)
     await publisher.start()

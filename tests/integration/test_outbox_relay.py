@@ -17,9 +17,10 @@ from nats.js import JetStreamContext
 from order_svc.repository import SCHEMA as ORDER_SCHEMA
 from shared import outbox
 from shared.envelope import Event
-from shared.jetstream import MSG_ID_HEADER, Publisher, ensure_streams
+from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.outbox import OutboxRecord, Relay, published_through
 from shared.store import SCHEMA_VERSION, Store
+from shared.streams import ensure_streams
 from tests.conftest import poll, sync_probe, unique
 from tests.integration.conftest import query
 

@@ -82,17 +82,31 @@ async def test_duplicate_inside_the_retention_window_changes_nothing_after_a_pru
     assert await subject_count(js, "ORDERS", f"orders.rejected.{order_id}") == 0
 
 
-def test_a_retention_below_the_safe_minimum_is_refused_at_start(tmp_path: Path) -> None:
-    floor = inbox_retention_floor_s(10)
+@pytest.mark.parametrize(
+    ("stream_max_age_s", "floor"),
+    [(Settings.stream_max_age_s, 86_400 + 151.75), (120.0, 271.75), (3_600.0, 3_751.75)],
+    ids=["default-max-age", "max-age-at-the-duplicate-window", "max-age-an-hour"],
+)
+def test_a_retention_below_the_safe_minimum_is_refused_at_start(
+    tmp_path: Path, stream_max_age_s: float, floor: float
+) -> None:
+    # The inbox must outlive whatever a stream can still deliver: the longer of the duplicate
+    # window and the stream's max_age, plus the redelivery horizon (30 s + 121.75 s of retries).
+    assert inbox_retention_floor_s(10, stream_max_age_s) == floor
+    env = {"DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "STREAM_MAX_AGE_S": str(stream_max_age_s)}
     done = subprocess.run(
         [sys.executable, "-m", "payment_svc"],
-        env={"INBOX_RETENTION_S": str(floor - 1), "DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={**env, "INBOX_RETENTION_S": str(floor - 1)},
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode == 2
     assert "INBOX_RETENTION_S" in done.stderr and "safe minimum" in done.stderr
+    # At the floor itself, accepted.
+    retention.check_retention(
+        Settings(service="payment_svc", stream_max_age_s=stream_max_age_s, inbox_retention_s=floor)
+    )
 
 
 async def test_outbox_pruning_walks_chunk_by_chunk_and_stops_at_the_young_rows(
