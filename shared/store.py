@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
+import functools
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
+
+from shared.lease import Lease, LeaseLost
 
 T = TypeVar("T")
 
@@ -54,7 +60,24 @@ CREATE TABLE IF NOT EXISTS outbox_relay (
 
 OUTBOX_RELAY_ROW = "INSERT OR IGNORE INTO outbox_relay(singleton, published_through) VALUES (1, 0)"
 
-SHARED_SCHEMA = INBOX_SCHEMA + ";\n".join((OUTBOX_TABLE, OUTBOX_RELAY_TABLE, OUTBOX_RELAY_ROW)) + ";\n"
+WRITER_EPOCHS_TABLE = """
+CREATE TABLE IF NOT EXISTS writer_epochs (
+    -- One row per lease epoch that wrote this file (shared/lease.py): the newest is the only one
+    -- allowed to commit. Every commit checks that and counts itself here, in its own
+    -- transaction, so a writer that lost its lease cannot commit after a newer one took over,
+    -- and the history shows which epoch committed what, and until when.
+    epoch          INTEGER PRIMARY KEY,
+    instance       TEXT NOT NULL,
+    machine        TEXT NOT NULL,
+    pid            INTEGER NOT NULL,
+    acquired_at    REAL NOT NULL,
+    commits        INTEGER NOT NULL DEFAULT 0,
+    last_commit_at REAL
+)"""
+
+SHARED_SCHEMA = (
+    INBOX_SCHEMA + ";\n".join((OUTBOX_TABLE, OUTBOX_RELAY_TABLE, OUTBOX_RELAY_ROW, WRITER_EPOCHS_TABLE)) + ";\n"
+)
 
 # Markers of SQLite errors that are about the store, not the message: another writer holds the
 # lock, or the disk is full or failing. Retrying later is right; dead-lettering would lose work.
@@ -82,34 +105,60 @@ class Store:
     hundreds of statements: one hop per batch is what makes group commit pay (docs/performance.md).
     """
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        fence: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._fence = fence
 
     @classmethod
     async def open(
-        cls, path: Path, service_schema: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+        cls,
+        path: Path,
+        service_schema: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        lease: Lease | None = None,
     ) -> Store:
-        """Open (creating if needed) the file, apply the schema, and return the store."""
+        """Open (creating if needed) the file, apply the schema, and return the store.
+
+        With ``lease``, the file is written only under it: its epoch must be newer than any that
+        wrote the file before, and every commit is fenced by it (``WRITER_EPOCHS_TABLE``).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path, synchronous, busy_timeout_ms)
-        await _on_thread(writer, _in_transaction, _migrate_outbox_to_watermark)
-        await writer.executescript(SHARED_SCHEMA + service_schema)
-        await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            await _on_thread(writer, _in_transaction, _migrate_outbox_to_watermark)
+            await writer.executescript(SHARED_SCHEMA + service_schema)
+            await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            fence = None
+            if lease is not None:
+                await _on_thread(writer, _in_transaction, functools.partial(_claim_epoch, lease=lease))
+                fence = functools.partial(_fence, lease=lease)
+        except BaseException:
+            await writer.close()
+            raise
         reader = await _connect(path, synchronous, busy_timeout_ms)
         await reader.execute("PRAGMA query_only = ON")
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, fence)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` as one write transaction: committed if it returns, rolled back if it raises.
 
         ``BEGIN IMMEDIATE`` takes the write lock up front, so two transactions can never both
-        read a row and then both act on it.
+        read a row and then both act on it. Under a lease, the fence runs last, just before
+        COMMIT: a transaction that is no longer this writer's to commit is rolled back.
         """
         async with self._write_lock:
-            return await _on_thread(self._writer, _in_transaction, fn)
+            return await _on_thread(self._writer, _in_transaction, fn, self._fence)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run the query ``fn`` on the reader, which sees only committed state."""
@@ -151,15 +200,84 @@ def _migrate_outbox_to_watermark(tx: sqlite3.Connection) -> None:
     tx.execute("UPDATE outbox_relay SET published_through = ?", (through,))
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+def _in_transaction(
+    conn: sqlite3.Connection,
+    fn: Callable[[sqlite3.Connection], T],
+    fence: Callable[[sqlite3.Connection], None] | None = None,
+) -> T:
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
+        if fence is not None:
+            fence(conn)
     except BaseException:
         conn.rollback()
         raise
     conn.commit()
     return result
+
+
+def _claim_epoch(tx: sqlite3.Connection, lease: Lease) -> None:
+    """Record ``lease``'s epoch as the file's writer; refuse if a newer epoch already wrote it."""
+    lease.check()
+    (newest,) = tx.execute("SELECT COALESCE(MAX(epoch), 0) FROM writer_epochs").fetchone()
+    if lease.epoch is None or newest >= lease.epoch:
+        raise LeaseLost(f"{lease.key}: this file was written under epoch {newest}, not older than ours ({lease.epoch})")
+    holder = lease.holder
+    tx.execute(
+        "INSERT INTO writer_epochs(epoch, instance, machine, pid, acquired_at) VALUES (?, ?, ?, ?, ?)",
+        (lease.epoch, holder.instance, holder.machine, holder.pid, time.time()),
+    )
+
+
+def _fence(tx: sqlite3.Connection, lease: Lease) -> None:
+    """Before every commit: the lease is still valid by our clock, and no newer epoch has the file."""
+    lease.check()
+    counted = tx.execute(
+        "UPDATE writer_epochs SET commits = commits + 1, last_commit_at = ?"
+        " WHERE epoch = ? AND epoch = (SELECT MAX(epoch) FROM writer_epochs)",
+        (time.time(), lease.epoch),
+    ).rowcount
+    if counted != 1:
+        raise LeaseLost(f"{lease.key}: a newer epoch than ours ({lease.epoch}) writes this file")
+
+
+class WriterLock:
+    """An exclusive lock (``flock``) on ``<file>.writer-lock`` beside a store, held while writing it.
+
+    The second guard after the lease: two processes that can reach the same file can never
+    both have it open for writing, whatever the leases say. The kernel drops the lock when its
+    process dies, however it dies. (Over NFS, flock is only as good as the server's locking.)
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".writer-lock")
+        self._fd: int | None = None
+
+    def try_lock(self, holder: str) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """Who wrote the lock file last (the holder, while it is held)."""
+        try:
+            return self.path.read_text()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,10 @@ def _wait_for_line(log_path: Path, needle: str, proc: subprocess.Popen[bytes], t
 
 @dataclass
 class NatsServer:
-    """A real ``nats-server -js`` on loopback, its store and log in ``workdir``."""
+    """A real ``nats-server`` with JetStream on loopback, its store and log in ``workdir``.
+
+    Alone by default; with ``cluster`` set, one node of a JetStream cluster (``NatsCluster``).
+    """
 
     workdir: Path
     port: int = 0
@@ -88,6 +92,8 @@ class NatsServer:
     """JetStream's ``sync_interval``: ``always`` fsyncs every write before it is acknowledged; a
     duration (the server's default is ``2m``) fsyncs that often. None keeps the server's default.
     See docs/operations.md, "Durability"."""
+    cluster: ClusterPlan | None = None
+    """This node's name, its monitoring and route ports, and the routes to every node."""
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -102,10 +108,26 @@ class NatsServer:
     def log_path(self) -> Path:
         return self.workdir / "nats-server.log"
 
+    @property
+    def name(self) -> str:
+        return self.cluster.name if self.cluster else "nats"
+
+    def config_text(self) -> str:
+        sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
+        text = f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.workdir}"{sync}\n}}\n'
+        if self.cluster:
+            plan = self.cluster
+            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in plan.route_ports)
+            text += (
+                f'server_name: "{plan.name}"\nhttp: "127.0.0.1:{plan.http_port}"\n'
+                f'cluster {{\n  name: "{plan.cluster_name}"\n  listen: "127.0.0.1:{plan.route_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+        return text
+
     def start(self, timeout: float = 20.0) -> NatsServer:
         config = self.workdir / "nats-server.conf"
-        sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
-        config.write_text(f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.workdir}"{sync}\n}}\n')
+        config.write_text(self.config_text())
         if self.log_path.exists():
             self.log_path.rename(self.log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
         with open(self.log_path, "wb") as log:
@@ -118,6 +140,17 @@ class NatsServer:
         _wait_for_line(self.log_path, "Server is ready", self.proc, timeout)
         return self
 
+    def healthy(self) -> bool:
+        """Plain ``/healthz`` answers OK: JetStream is up and, in a cluster, this node sees a meta
+        leader. (``?js-enabled-only=true`` answers OK before there is one: too early to use.)"""
+        if self.cluster is None:
+            return self.proc is not None and self.proc.poll() is None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.cluster.http_port}/healthz", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except (OSError, ValueError):
+            return False
+
     def stop(self) -> None:
         _stop(self.proc)
 
@@ -125,6 +158,64 @@ class NatsServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """One node's place in a cluster on loopback."""
+
+    name: str
+    cluster_name: str
+    http_port: int
+    route_port: int
+    route_ports: tuple[int, ...]
+
+
+@dataclass
+class NatsCluster:
+    """A JetStream cluster of real ``nats-server`` nodes on loopback: ``nodes/<name>/`` each."""
+
+    workdir: Path
+    size: int = 3
+    sync_interval: str | None = None
+    nodes: list[NatsServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        route_ports = tuple(free_port() for _ in range(self.size))
+        self.nodes = [
+            NatsServer(
+                self.workdir / f"n{i + 1}",
+                sync_interval=self.sync_interval,
+                cluster=ClusterPlan(f"n{i + 1}", "saga", free_port(), route_ports[i], route_ports),
+            )
+            for i in range(self.size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated, as NATS_URL takes them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every running node answers plain ``/healthz`` OK (a meta leader exists)."""
+        deadline = time.monotonic() + timeout
+        while not all(node.healthy() for node in self.nodes if node.proc and node.proc.poll() is None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not healthy within {timeout}s: {[n.name for n in self.nodes]}")
+            time.sleep(0.1)
+
+    def node(self, name: str) -> NatsServer:
+        return next(node for node in self.nodes if node.name == name)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass
