@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from shared.logging import get_logger
 from shared.subjects import Stream
@@ -51,6 +54,39 @@ PENDING_MESSAGES_HEADER = "Nats-Pending-Messages"
 HEARTBEAT, NO_MESSAGES, REQUEST_TIMEOUT = "100", "404", "408"
 
 
+PUBLISH_DEADLINE_S = 30.0
+"""How long a publish keeps being retried before the caller hears it failed: a leader election
+stalls a stream for about 5 s, a restarted server takes a few seconds more."""
+
+
+async def publish_until_stored(
+    js: JetStreamContext,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    deadline_s: float = PUBLISH_DEADLINE_S,
+    attempt_timeout_s: float = 2.0,
+    on_retry: Callable[[Exception], None] | None = None,
+) -> PubAck:
+    """Publish and wait for the stream's ack, retrying (same headers, so the same Nats-Msg-Id:
+    a publish that did land is not stored twice) while the stream has no leader (503), the
+    ack does not come, or the connection is being re-established. Raises the last error at the
+    deadline, and at once for an error retrying cannot cure (a refused publish, bad input)."""
+    deadline = time.monotonic() + deadline_s
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await js.publish(subject, body, headers=headers, timeout=attempt_timeout_s)
+        except (NoStreamResponseError, ServiceUnavailableError, NatsTimeoutError, ConnectionClosedError) as exc:
+            if time.monotonic() + 0.2 * tries > deadline:
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            await asyncio.sleep(min(0.1 * tries, 1.0))
+
+
 class Puller:
     """A continuous pull from one durable consumer: what nats.go calls ``Consume``.
 
@@ -77,6 +113,8 @@ class Puller:
         self._arrived = arrived
         self._outstanding = 0
         self._last_request = 0.0
+        self._refusals = 0  # the server's refusals of our requests in a row (503, 409)
+        self._refused_until = 0.0
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -86,6 +124,7 @@ class Puller:
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         if status is None:
             self._outstanding = max(self._outstanding - 1, 0)
+            self._refusals = 0
             self._buffer.append(msg)
             self._arrived.set()
         elif status in (NO_MESSAGES, REQUEST_TIMEOUT):  # a request ended; here is what it did not deliver
@@ -93,14 +132,22 @@ class Puller:
             self._outstanding = max(self._outstanding - undelivered, 0)
             self._arrived.set()  # so the taker asks again now, not at the end of its idle wait
         elif status != HEARTBEAT:
-            # 409: the server gave up on our requests (consumer deleted or changed, too many
-            # waiting requests, ...). Start afresh: the taker asks again after its idle wait.
-            description = msg.headers.get("Description") if msg.headers else None
-            log.warning("pull.ended", status=status, description=description)
+            # 503: the consumer has no leader (an election: ~5 s after a node is lost); 409: the
+            # server gave up on our requests (leadership change, consumer deleted or changed, too
+            # many waiting requests). Start afresh, but not before a growing pause: asking again
+            # at once would spin for the whole election (a bare fetch loop did 21,000 in 5 s).
+            self._refusals += 1
+            pause = min(0.1 * 2**self._refusals, PULL_EXPIRES_S)
+            self._refused_until = time.monotonic() + pause
+            if self._refusals == 1 or self._refusals % 10 == 0:
+                description = msg.headers.get("Description") if msg.headers else None
+                log.warning("pull.refused", status=status, description=description, refusals=self._refusals)
             self._outstanding = 0
 
     async def _top_up(self) -> None:
         now = time.monotonic()
+        if now < self._refused_until:
+            return
         if self._outstanding and now - self._last_request > PULL_EXPIRES_S + PULL_GRACE_S:
             self._outstanding = 0  # every request has expired by now: the rest is not coming
         while self._outstanding <= self._batch:

@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from shared.jetstream import MSG_ID_HEADER
+from shared.jetstream import MSG_ID_HEADER, publish_until_stored
 from shared.ops import client
 from shared.ops.audit import audit, collect
 from shared.ops.harness import SERVICES, NatsServer, System, exit_on_sigterm
@@ -86,12 +86,15 @@ async def _publish(js: JetStreamContext, ledger: Ledger, subject: str, body: byt
 
     Retries keep the same Nats-Msg-Id, so a publish that did land is not stored twice.
     """
+
+    def count(_: Exception) -> None:
+        ledger.publish_retries += 1
+
     while True:
         try:
-            return (await js.publish(subject, body, headers=headers, timeout=2)).seq
-        except Exception:
-            ledger.publish_retries += 1
-            await asyncio.sleep(0.2)
+            return (await publish_until_stored(js, subject, body, headers, on_retry=count)).seq
+        except Exception:  # past its deadline (a server down for long): go on trying
+            count(RuntimeError())
 
 
 async def place(js: JetStreamContext, ledger: Ledger, rng: random.Random, kind: str, n: int) -> None:

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared.envelope import new_event_id
-from shared.jetstream import MSG_ID_HEADER
+from shared.jetstream import MSG_ID_HEADER, publish_until_stored
 from shared.subjects import (
     API_INVENTORY_RESTOCK,
     API_INVENTORY_STOCK,
@@ -70,10 +70,12 @@ async def publish_event(
     event_id: str | None = None,
     msg_id: str | None = None,
 ) -> str:
-    """Publish a client event; the Nats-Msg-Id defaults to the event_id. Returns the event_id."""
+    """Publish a client event until the stream has it (through a leader election too); the
+    Nats-Msg-Id defaults to the event_id. Returns the event_id."""
     event_id = event_id or new_event_id()
     body = envelope_bytes(event_type, order_id, data, event_id)
-    await js.publish(event_subject(event_type, order_id), body, headers={MSG_ID_HEADER: msg_id or event_id})
+    headers = {MSG_ID_HEADER: msg_id or event_id}
+    await publish_until_stored(js, event_subject(event_type, order_id), body, headers)
     return event_id
 
 

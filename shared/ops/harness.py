@@ -229,20 +229,28 @@ class ServiceProcess:
     module: str = ""
     """The module to run (``python -m``); defaults to ``name``."""
     args: tuple[str, ...] = ()
+    instance: int = 1
+    """Which instance of the service this is: the first writes, the others stand by."""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _log_offset: int = 0
 
     @property
+    def label(self) -> str:
+        """``order_svc`` for the first instance, ``order_svc-2`` for the second, ..."""
+        return self.name if self.instance == 1 else f"{self.name}-{self.instance}"
+
+    @property
     def log_path(self) -> Path:
-        return self.data_dir / "logs" / f"{self.name}.log"
+        return self.data_dir / "logs" / f"{self.label}.log"
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / f"{self.name}.sqlite3"
 
     def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
-        """Start the process; with ``wait``, return once it logs ``service.started``."""
+        """Start the process; with ``wait``, return once it is writing (``service.started``),
+        or for a later instance, writing or standing by (``lease.standing_by``)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -275,9 +283,10 @@ class ServiceProcess:
     def wait_started(self, timeout: float = 30.0) -> None:
         assert self.proc is not None, "start() first"
         deadline = time.monotonic() + timeout
+        markers = ('"service.started"',) if self.instance == 1 else ('"service.started"', '"lease.standing_by"')
         while time.monotonic() < deadline:
             text = self.log_since_start()
-            if '"service.started"' in text:
+            if any(marker in text for marker in markers):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text[-3000:]}")
@@ -307,17 +316,24 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | 
 
 @dataclass
 class System:
-    """A nats-server and the three services, all real processes.
+    """nats-server (one, or a cluster) and the three services, all real processes.
 
-    Layout of ``workdir``: ``nats/`` (server store and log), ``<service>.sqlite3`` (each
-    service's DATA_DIR is ``workdir``) and ``logs/<service>.log``.
+    Layout of ``workdir``: ``nats/`` (the server's store and log; a cluster's nodes in
+    ``nats/n1``, ``nats/n2``, ...), ``<service>.sqlite3`` (every instance's DATA_DIR is
+    ``workdir``) and ``logs/<service>[-<instance>].log``.
     """
 
     workdir: Path
     service_env: Mapping[str, str] = field(default_factory=dict)
     nats_url: str | None = None
-    """Use this server instead of starting an embedded one."""
+    """Use this server (or comma-separated servers) instead of starting an embedded one."""
+    cluster_size: int = 0
+    """0: one embedded server; 3 (or more): a JetStream cluster of that many nodes, R3 streams."""
+    instances: int = 1
+    """Instances of each service, all on the one DATA_DIR: the first writes, the rest stand by."""
+    sync_interval: str | None = None
     server: NatsServer | None = None
+    cluster: NatsCluster | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
@@ -328,20 +344,38 @@ class System:
         return self.nats_url
 
     def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
-        if self.nats_url is None:
-            self.server = NatsServer(self.workdir / "nats", port=server_port).start()
-            self.nats_url = self.server.url
-        for name in names:
-            self.add_service(name).start()
+        self.start_nats(server_port)
+        for instance in range(1, self.instances + 1):
+            for name in names:
+                self.add_service(name, instance).start()
         return self
 
-    def add_service(self, name: str) -> ServiceProcess:
-        svc = ServiceProcess(name, self.url, self.workdir, self.service_env)
-        self.services[name] = svc
+    def start_nats(self, server_port: int = 0) -> None:
+        if self.nats_url is not None:
+            return
+        if self.cluster_size:
+            self.cluster = NatsCluster(self.workdir / "nats", self.cluster_size, self.sync_interval).start()
+            self.nats_url = self.cluster.url
+        else:
+            self.server = NatsServer(self.workdir / "nats", port=server_port, sync_interval=self.sync_interval).start()
+            self.nats_url = self.server.url
+
+    def add_service(self, name: str, instance: int = 1) -> ServiceProcess:
+        env = dict(self.service_env)
+        if self.cluster_size:
+            env.setdefault("STREAM_REPLICAS", str(min(self.cluster_size, 3)))
+        svc = ServiceProcess(name, self.url, self.workdir, env, instance=instance)
+        self.services[svc.label] = svc
         return svc
 
+    def instances_of(self, name: str) -> list[ServiceProcess]:
+        return [svc for svc in self.services.values() if svc.name == name]
+
     def stop(self) -> None:
-        for svc in self.services.values():
+        # Standbys first: stopped after their writer, they would take over only to stop.
+        for svc in sorted(self.services.values(), key=lambda s: s.instance == 1):
             svc.stop()
         if self.server:
             self.server.stop()
+        if self.cluster:
+            self.cluster.stop()

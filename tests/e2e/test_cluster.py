@@ -1,0 +1,73 @@
+"""The saga on a 3-node JetStream cluster with R3 streams: the node leading ORDERS is SIGKILLed
+under load, and nothing is lost, doubled, dead-lettered or timed out for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+from shared.connection import connect
+from shared.ops import client
+from shared.ops.harness import System
+from tests.conftest import poll, stream_messages, unique
+from tests.e2e.conftest import new_customer, new_sku, settled_stock
+
+ORDERS = 60
+RATE = 15.0  # orders per second: the leader is killed a second into the load and stays down
+
+
+async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_nothing(tmp_path: Path) -> None:
+    system = System(tmp_path, cluster_size=3).start()  # the default ORDER_TIMEOUT_S, 30 s
+    assert system.cluster is not None
+    nc = await connect(system.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream()
+        for stream in ("ORDERS", "PAYMENTS", "INVENTORY", "DLQ", "KV_saga_leases", "KV_saga_stores"):
+            assert (await js.stream_info(stream)).config.num_replicas == 3, stream
+        customer, sku = await new_customer(nc, 1_000_000), await new_sku(nc, 1_000)
+        order_ids = [unique("o") for _ in range(ORDERS)]
+
+        async def load() -> None:
+            began = time.monotonic()
+            for n, order_id in enumerate(order_ids):
+                await client.place_order(js, order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 100}])
+                await asyncio.sleep(max(0.0, (n + 1) / RATE - (time.monotonic() - began)))
+
+        async def kill_the_leader() -> str:
+            await asyncio.sleep(1.0)
+            info = await js.stream_info("ORDERS")
+            assert info.cluster is not None and info.cluster.leader
+            system.cluster.node(info.cluster.leader).kill()  # type: ignore[union-attr]
+            return info.cluster.leader
+
+        _, killed = await asyncio.gather(load(), kill_the_leader())
+        outcomes: Counter[tuple[str, str | None]] = Counter()
+        for order_id in order_ids:
+            order = await client.wait_until_terminal(nc, order_id, timeout=60)
+            outcomes[(order["status"], order["reason"])] += 1
+        assert outcomes == {("CONFIRMED", None): ORDERS}, outcomes
+        await settled_stock(nc, sku, 1_000 - ORDERS)
+        assert await client.balance(nc, customer) == 1_000_000 - 100 * ORDERS
+
+        # Every event of every saga once in its stream: no publish retried into a second copy.
+        for stream in ("ORDERS", "PAYMENTS", "INVENTORY"):
+            per_subject = Counter(m.subject for m in await stream_messages(js, stream))
+            doubled = {s: n for s, n in per_subject.items() if n > 1 and s.rpartition(".")[2] in order_ids}
+            assert doubled == {}, (stream, doubled)
+        assert (await js.stream_info("DLQ")).state.messages == 0
+
+        # The killed node comes back on its store and catches up.
+        node = system.cluster.node(killed)
+        await asyncio.to_thread(node.start)
+        await asyncio.to_thread(system.cluster.wait_healthy)
+
+        async def replicas_current() -> bool:
+            info = await js.stream_info("ORDERS")
+            return info.cluster is not None and all(r.current for r in info.cluster.replicas or [])
+
+        await poll(replicas_current, bool, timeout=30)
+    finally:
+        await nc.close()
+        system.stop()
