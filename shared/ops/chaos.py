@@ -6,9 +6,12 @@ stock, unknown customer, cancelled by request, and those that time out while a s
 down), re-publishes about 10% of all saga events under a fresh Nats-Msg-Id and publishes about
 2% malformed messages, while it
 
-- SIGKILLs each service at random moments (``--kills`` times each) and restarts it,
-- SIGKILLs nats-server once and restarts it on the same store,
-- stops one service for longer than the order timeout and brings it back.
+- SIGKILLs each service at random moments (``--kills`` times each; its writer, with several
+  ``--instances``) and restarts it,
+- SIGKILLs nats-server once and restarts it on the same store (with ``--cluster``, the node
+  leading ORDERS, restarted a few seconds later),
+- stops one service for longer than the order timeout and brings it back,
+- with several instances, SIGSTOPs a writer past its lease and SIGCONTs it (``--pauses``).
 
 Then it waits for the system to settle, checks the invariants, prints what it injected and
 what it verified, and exits non-zero if any invariant fails. ``--seed`` makes a run repeatable.
@@ -18,9 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
+import itertools
 import json
 import random
+import signal
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -29,15 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER, publish_until_stored
+from shared.lease import read
 from shared.ops import client
 from shared.ops.audit import audit, collect
-from shared.ops.harness import SERVICES, NatsServer, System, exit_on_sigterm
+from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
+from shared.settings import Settings
 from shared.subjects import Stream
 
 DUP_HEADER = "Chaos-Dup"
@@ -197,44 +206,130 @@ class Fault:
     target: str = field(compare=False)
 
 
-def plan_faults(rng: random.Random, duration: float, kills: int, order_timeout: float) -> list[Fault]:
+def plan_faults(rng: random.Random, duration: float, kills: int, order_timeout: float, pauses: int = 0) -> list[Fault]:
     faults = [Fault(rng.uniform(0.05, 0.85) * duration, "kill", name) for name in SERVICES for _ in range(kills)]
     faults.append(Fault(rng.uniform(0.25, 0.5) * duration, "kill-nats", "nats-server"))
+    faults += [Fault(rng.uniform(0.1, 0.7) * duration, "pause", rng.choice(SERVICES)) for _ in range(pauses)]
     # Stopping payment or inventory past the timeout is what makes orders time out (a stopped
     # order_svc only delays them), so one of those two takes the long stop.
     faults.append(Fault(rng.uniform(0.1, 0.3) * duration, "long-stop", rng.choice(("payment_svc", "inventory_svc"))))
     return sorted(faults)
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A writer SIGSTOPped past its lease: it must commit nothing after it was resumed."""
+
+    service: str
+    pid: int
+    resumed_at: float
+    """Wall-clock time of the SIGCONT (the same clock the store's writer_epochs use)."""
+
+
+async def writer_of(system: System, js: JetStreamContext, name: str) -> ServiceProcess:
+    """The instance of ``name`` that holds its lease now (the first instance if none does)."""
+    held = await read(js, name)
+    instances = system.instances_of(name)
+    pid = held.holder.pid if held.holder else None
+    return next((svc for svc in instances if svc.proc is not None and svc.proc.pid == pid), instances[0])
+
+
 async def inject_faults(
-    system: System, faults: list[Fault], ledger: Ledger, order_timeout: float, rng: random.Random
+    system: System,
+    faults: list[Fault],
+    ledger: Ledger,
+    order_timeout: float,
+    rng: random.Random,
+    js: JetStreamContext,
+    lease_ttl_s: float,
+    pauses: list[Pause],
 ) -> None:
     started = time.monotonic()
     stopped_until: dict[str, float] = {}
+    background: list[asyncio.Task[None]] = []
     for fault in faults:
         await asyncio.sleep(max(0.0, fault.at - (time.monotonic() - started)))
         if fault.action == "kill-nats":
-            assert system.server is not None
-            system.server.kill()
-            ledger.injected["nats-server SIGKILLs"] += 1
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
-            await asyncio.to_thread(system.server.start)
+            background.append(asyncio.create_task(_kill_nats(system, js, ledger, rng)))
             continue
-        svc = system.services[fault.target]
         resume_at = stopped_until.get(fault.target, 0.0)
-        if time.monotonic() < resume_at:  # it is in its long stop: kill it right after
+        if time.monotonic() < resume_at:  # it is in its long stop: strike right after
             await asyncio.sleep(resume_at - time.monotonic() + 0.5)
+        instances = system.instances_of(fault.target)
         if fault.action == "long-stop":
-            await asyncio.to_thread(svc.stop)
+            for svc in instances:
+                await asyncio.to_thread(svc.stop)
             pause = order_timeout * 2.5
             stopped_until[fault.target] = time.monotonic() + pause
             ledger.injected[f"long stops ({fault.target}, {pause:.0f}s)"] += 1
-            asyncio.get_running_loop().call_later(pause, functools.partial(svc.start, wait=False))
+            for svc in instances:
+                asyncio.get_running_loop().call_later(pause, functools.partial(svc.start, wait=False))
+        elif fault.action == "pause":
+            svc = await writer_of(system, js, fault.target)
+            if svc.proc is None or svc.proc.poll() is not None:
+                continue
+            background.append(asyncio.create_task(_pause(svc, lease_ttl_s, ledger, pauses)))
         else:
+            svc = await writer_of(system, js, fault.target) if len(instances) > 1 else instances[0]
             svc.kill()
-            ledger.injected[f"SIGKILLs: {fault.target}"] += 1
+            ledger.injected[f"SIGKILLs: {fault.target}" + (" (its writer)" if len(instances) > 1 else "")] += 1
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             svc.start(wait=False)
+    await asyncio.gather(*background)
+
+
+async def _kill_nats(system: System, js: JetStreamContext, ledger: Ledger, rng: random.Random) -> None:
+    """SIGKILL the one server, or in a cluster the node leading ORDERS; restart it on its store."""
+    if system.cluster is not None:
+        info = await js.stream_info(Stream.ORDERS.value)
+        leader = info.cluster.leader if info.cluster else None
+        node = system.cluster.node(leader) if leader else system.cluster.nodes[0]
+        node.kill()
+        ledger.injected["nats nodes SIGKILLed (the ORDERS leader)"] += 1
+        await asyncio.sleep(rng.uniform(2.0, 6.0))
+        await asyncio.to_thread(node.start)
+        return
+    assert system.server is not None
+    system.server.kill()
+    ledger.injected["nats-server SIGKILLs"] += 1
+    await asyncio.sleep(rng.uniform(0.5, 2.0))
+    await asyncio.to_thread(system.server.start)
+
+
+async def _pause(svc: ServiceProcess, lease_ttl_s: float, ledger: Ledger, pauses: list[Pause]) -> None:
+    """SIGSTOP a writer for longer than its lease, then SIGCONT it."""
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    svc.proc.send_signal(signal.SIGSTOP)
+    ledger.injected[f"writers SIGSTOPped past their lease ({lease_ttl_s + 2:.0f}s)"] += 1
+    try:
+        await asyncio.sleep(lease_ttl_s + 2.0)
+    finally:
+        resumed_at = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            svc.proc.send_signal(signal.SIGCONT)
+    pauses.append(Pause(svc.name, pid, resumed_at))
+
+
+def stale_commits(db: Path, pauses: list[Pause]) -> list[str]:
+    """Commits made under a lease that had passed: one epoch committing after the next one took the
+    file, or a paused writer committing after it resumed. Read from the store's writer_epochs."""
+    with sqlite3.connect(db) as conn:
+        epochs = conn.execute(
+            "SELECT epoch, pid, acquired_at, commits, last_commit_at FROM writer_epochs ORDER BY epoch"
+        ).fetchall()
+    found = [
+        f"{db.name}: epoch {old[0]} committed at {old[4]:.3f}, after epoch {new[0]} took the file at {new[2]:.3f}"
+        for old, new in itertools.pairwise(epochs)
+        if old[4] is not None and old[4] > new[2]
+    ]
+    for pause in pauses:
+        if db.name != f"{pause.service}.sqlite3":
+            continue
+        for epoch, pid, acquired_at, _, last_commit_at in epochs:
+            if pid == pause.pid and acquired_at < pause.resumed_at and (last_commit_at or 0) > pause.resumed_at:
+                found.append(f"{db.name}: epoch {epoch} (pid {pid}) committed after its SIGCONT")
+    return found
 
 
 # --- settling and checking --------------------------------------------------------------------
@@ -290,7 +385,7 @@ async def distinct_event_ids(js: JetStreamContext, stream: str) -> dict[str, set
     return found
 
 
-async def verify(nc: Client, ledger: Ledger) -> list[Check]:
+async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause]) -> list[Check]:
     js = nc.jetstream()
     snap = await collect(nc)
     checks: list[Check] = []
@@ -394,6 +489,16 @@ async def verify(nc: Client, ledger: Ledger) -> list[Check]:
     strays = [k for k in dead if k not in expected]
     checks.append(Check("no valid event is in the DLQ", not strays, f"{len(dead)} dead letters, {len(strays)} stray"))
 
+    stale = [line for name in SERVICES for line in stale_commits(workdir / f"{name}.sqlite3", pauses)]
+    epochs = sum(_epochs(workdir / f"{name}.sqlite3") for name in SERVICES)
+    checks.append(
+        Check(
+            "no commit under a stale lease (every store's writer epochs in order)",
+            not stale,
+            f"{epochs} writer epochs, {len(pauses)} paused writers, {len(stale)} stale {stale[:2]}",
+        )
+    )
+
     reconciliation = audit(snap)
     checks.append(
         Check(
@@ -403,6 +508,11 @@ async def verify(nc: Client, ledger: Ledger) -> list[Check]:
         )
     )
     return checks
+
+
+def _epochs(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM writer_epochs").fetchone()[0])
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -445,12 +555,19 @@ async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="saga-chaos-"))
     env = {"ORDER_TIMEOUT_S": str(args.order_timeout)}
-    system = System(workdir, service_env=env)
-    system.server = NatsServer(workdir / "nats", sync_interval=args.nats_sync)
+    if args.lease_ttl is not None:
+        env["LEASE_TTL_S"] = str(args.lease_ttl)
+    lease_ttl_s = args.lease_ttl if args.lease_ttl is not None else Settings.lease_ttl_s
+    system = System(
+        workdir, service_env=env, cluster_size=args.cluster, instances=args.instances, sync_interval=args.nats_sync
+    )
+    topology = f"{args.cluster}-node cluster" if args.cluster else "one nats-server"
     print(
         f"saga-chaos: seed {args.seed}, {args.duration:g}s at {args.rate:g} orders/s, "
-        f"order timeout {args.order_timeout:g}s, nats sync {args.nats_sync or 'default'}, workdir {workdir}"
+        f"order timeout {args.order_timeout:g}s, nats sync {args.nats_sync or 'default'}, {topology}, "
+        f"{args.instances} instance(s) per service, workdir {workdir}"
     )
+    pauses: list[Pause] = []
     ledger = Ledger()
 
     async def quiet(exc: Exception) -> None:  # the NATS outage is on purpose
@@ -458,25 +575,32 @@ async def run(args: argparse.Namespace) -> int:
 
     nc: Client | None = None
     try:
-        await asyncio.to_thread(system.server.start)
-        system.nats_url = system.server.url
-        for name in SERVICES:
-            await asyncio.to_thread(system.add_service(name).start)
-        nc = await nats.connect(system.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
+        await asyncio.to_thread(system.start)
+        nc = await connect(system.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
         await seed(nc, ledger)
         await Duplicator(nc, ledger, random.Random(rng.random())).start()
-        faults = plan_faults(rng, args.duration, args.kills, args.order_timeout)
+        pause_count = args.pauses if args.pauses is not None else (1 if args.instances > 1 else 0)
+        faults = plan_faults(rng, args.duration, args.kills, args.order_timeout, pause_count)
         began = time.monotonic()
         await asyncio.gather(
             drive_load(nc.jetstream(), ledger, random.Random(rng.random()), args.duration, args.rate),
-            inject_faults(system, faults, ledger, args.order_timeout, random.Random(rng.random())),
+            inject_faults(
+                system,
+                faults,
+                ledger,
+                args.order_timeout,
+                random.Random(rng.random()),
+                nc.jetstream(),
+                lease_ttl_s,
+                pauses,
+            ),
         )
         load_s = time.monotonic() - began
         for svc in system.services.values():  # anything still down comes back now
             if svc.proc is None or svc.proc.poll() is not None:
                 svc.start(wait=False)
         settle_s = await settle(nc, ledger, deadline_s=args.settle_timeout)
-        checks = await verify(nc, ledger)
+        checks = await verify(nc, ledger, workdir, pauses)
         snap = await collect(nc)
         outcomes = Counter(
             f"{snap.orders[o]['status']} {snap.orders[o]['reason'] or ''}".strip()
@@ -505,6 +629,18 @@ def main(argv: list[str] | None = None) -> None:
         "like '2m' (the server's own default); see docs/operations.md",
     )
     parser.add_argument("--settle-timeout", type=float, default=150.0)
+    parser.add_argument(
+        "--cluster", type=int, default=0, help="nodes of a JetStream cluster (3), R3 streams; 0: one server (default)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=1, help="instances of each service on its one DATA_DIR (default 1)"
+    )
+    parser.add_argument(
+        "--pauses",
+        type=int,
+        help="writers SIGSTOPped past their lease, then SIGCONTed (default 1 with --instances 2 or more)",
+    )
+    parser.add_argument("--lease-ttl", type=float, help="LEASE_TTL_S of the services (default theirs, 10 s)")
     parser.add_argument(
         "--workdir", help="an empty or new folder for the store, SQLite files and logs (default: a temp dir)"
     )
