@@ -16,14 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 
+from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER
 from shared.ops import client
-from shared.ops.harness import NatsServer, System, free_port, port_is_free
+from shared.ops.harness import System, port_is_free
 
 DEFAULT_PORT = 4222
+CLUSTER_SIZE = 3
 
 # (customer, target balance in cents, top up only when the account is missing)
 ACCOUNTS = [("alice", 100_00, False), ("bob", 5_00, True)]
@@ -143,9 +144,20 @@ Try it with the nats CLI (docs/events.md has every message):
     )
 
 
+def _check_topology(parser: argparse.ArgumentParser, data_dir: Path, topology: str) -> None:
+    """One data dir, one topology: the services' files hold what the streams of that NATS saw."""
+    marker = data_dir / "topology"
+    if marker.exists() and marker.read_text().strip() != topology:
+        parser.error(
+            f"{data_dir} was made with {marker.read_text().strip()} NATS, not {topology}: "
+            "pass another --data-dir (or delete this one)"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(topology + "\n")
+
+
 async def demo(system: System, once: bool) -> int:
-    assert system.nats_url is not None
-    nc = await nats.connect(system.nats_url)
+    nc = await connect(system.url)
     try:
         await seed(nc)
         ok = await run_orders(nc)
@@ -157,7 +169,7 @@ async def demo(system: System, once: bool) -> int:
         return 1
     if once:
         return 0
-    print_try_it(system.nats_url)
+    print_try_it(system.url)
     print("\nRunning. Press Ctrl-C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,6 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--once", action="store_true", help="exit after the demo orders instead of waiting for Ctrl-C")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"a {CLUSTER_SIZE}-node JetStream cluster on loopback (ports --port and the two after it) with R3 streams",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="instances of each service on the one data dir: the first writes, the others stand by (default 1)",
+    )
+    parser.add_argument(
         "--nats-sync",
         default=os.environ.get("NATS_SYNC_INTERVAL", "always"),
         help="embedded server's JetStream sync_interval: 'always' (default: fsync before every ack) or a "
@@ -188,20 +211,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    system = System(args.data_dir.resolve(), nats_url=args.nats_url)
+    data_dir = args.data_dir.resolve()
+    if args.nats_url is None:
+        _check_topology(parser, data_dir, f"cluster-{CLUSTER_SIZE}" if args.cluster else "single")
+    system = System(
+        data_dir,
+        nats_url=args.nats_url,
+        cluster_size=CLUSTER_SIZE if args.cluster and args.nats_url is None else 0,
+        instances=args.instances,
+        sync_interval=args.nats_sync,
+    )
     code = 1
     try:
         if system.nats_url is None:
-            port = args.port if port_is_free(args.port) else free_port()
-            system.server = NatsServer(system.workdir / "nats", port=port, sync_interval=args.nats_sync).start()
-            system.nats_url = system.server.url
-            print(
-                f"saga-demo: nats-server with JetStream at {system.nats_url} "
-                f"(store {system.server.workdir}, sync {args.nats_sync})"
-            )
-        for name in ("order_svc", "payment_svc", "inventory_svc"):
-            svc = system.add_service(name).start()
-            print(f"saga-demo: {name:<14} pid {svc.proc.pid if svc.proc else '?':<7} log {svc.log_path}")
+            count = CLUSTER_SIZE if args.cluster else 1
+            wanted = range(args.port, args.port + count)
+            base = args.port if all(port_is_free(p) for p in wanted) else 0
+            system.start_nats(server_port=base)
+            if system.cluster:
+                print(f"saga-demo: a {CLUSTER_SIZE}-node JetStream cluster, R3 streams, at {system.url}")
+                for node in system.cluster.nodes:
+                    print(f"saga-demo:   node {node.name} store {node.workdir} log {node.log_path}")
+            elif system.server:
+                print(
+                    f"saga-demo: nats-server with JetStream at {system.url} "
+                    f"(store {system.server.workdir}, sync {args.nats_sync})"
+                )
+        for instance in range(1, args.instances + 1):
+            for name in ("order_svc", "payment_svc", "inventory_svc"):
+                svc = system.add_service(name, instance).start()
+                role = "writer" if instance == 1 else "standby"
+                pid = svc.proc.pid if svc.proc else "?"
+                print(f"saga-demo: {svc.label:<16} {role:<8} pid {pid:<7} log {svc.log_path}")
         code = asyncio.run(demo(system, args.once))
     except KeyboardInterrupt:
         code = 0

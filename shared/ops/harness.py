@@ -178,13 +178,17 @@ class NatsCluster:
     workdir: Path
     size: int = 3
     sync_interval: str | None = None
+    client_ports: tuple[int, ...] = ()
+    """The nodes' client ports; free ones where not given."""
     nodes: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         route_ports = tuple(free_port() for _ in range(self.size))
+        ports = [*self.client_ports, *(0 for _ in range(self.size - len(self.client_ports)))]
         self.nodes = [
             NatsServer(
                 self.workdir / f"n{i + 1}",
+                port=ports[i],
                 sync_interval=self.sync_interval,
                 cluster=ClusterPlan(f"n{i + 1}", "saga", free_port(), route_ports[i], route_ports),
             )
@@ -344,6 +348,8 @@ class System:
         return self.nats_url
 
     def start(self, names: tuple[str, ...] = SERVICES, server_port: int = 0) -> System:
+        """Start NATS (on ``server_port``, a cluster on it and the ports after it; 0: free
+        ports) and every instance of the services."""
         self.start_nats(server_port)
         for instance in range(1, self.instances + 1):
             for name in names:
@@ -354,7 +360,8 @@ class System:
         if self.nats_url is not None:
             return
         if self.cluster_size:
-            self.cluster = NatsCluster(self.workdir / "nats", self.cluster_size, self.sync_interval).start()
+            ports = tuple(server_port + i for i in range(self.cluster_size)) if server_port else ()
+            self.cluster = NatsCluster(self.workdir / "nats", self.cluster_size, self.sync_interval, ports).start()
             self.nats_url = self.cluster.url
         else:
             self.server = NatsServer(self.workdir / "nats", port=server_port, sync_interval=self.sync_interval).start()
