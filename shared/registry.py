@@ -74,6 +74,18 @@ def store_identity(db_path: Path, service: str, busy_timeout_ms: int = 5000) -> 
         conn.close()
 
 
+def read_store_identity(db_path: Path) -> str | None:
+    """The identity of the store at ``db_path``, read only; None if it has none yet."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT store_id FROM store_identity").fetchone()
+    except sqlite3.OperationalError:  # no such table: made before identities, or never opened
+        return None
+    finally:
+        conn.close()
+    return str(row[0]) if row else None
+
+
 async def registered(js: JetStreamContext, key: str) -> Registration | None:
     """The store registered for ``key``, or None if none is yet."""
     kv = await js.key_value(REGISTRY_BUCKET)
