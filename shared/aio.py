@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def reconnect_backoff_s(attempt: int) -> float:
@@ -39,3 +43,31 @@ async def forward(source: asyncio.Event, target: asyncio.Event) -> AsyncIterator
         yield
     finally:
         watcher.cancel()
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    deadline_s: float,
+    on_error: Callable[[Exception, int], None],
+    fatal: tuple[type[Exception], ...] = (),
+) -> T:
+    """``attempt()`` until it succeeds, pausing 0.25 s more each time (at most 2 s); ``on_error``
+    hears each failure. Past ``deadline_s``, or for a ``fatal`` error, the error is raised.
+
+    For start-up against a cluster that cannot answer yet: no meta leader, a stream or bucket
+    just made whose leader is still being elected.
+    """
+    deadline = time.monotonic() + deadline_s
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await attempt()
+        except fatal:
+            raise
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            on_error(exc, tries)
+            await asyncio.sleep(min(0.25 * tries, 2.0))

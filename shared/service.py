@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
 from shared import registry
-from shared.aio import forward, sleep_unless_stopped
+from shared.aio import forward, retrying, sleep_unless_stopped
 from shared.api import Endpoint, RepublishRequest, json_endpoint
 from shared.connection import connect
 from shared.consumer import BatchLoop, Consumer, ConsumerSpec
@@ -31,7 +33,7 @@ from shared.retention import check_retention, run_pruning
 from shared.runtime import tune_gc
 from shared.settings import Settings, SettingsError
 from shared.store import Store, WriterLock
-from shared.streams import StreamSetupError, ensure_streams
+from shared.streams import START_DEADLINE_S, StreamSetupError, ensure_streams
 from shared.subjects import Stream, event_subject
 
 log = get_logger("service")
@@ -120,10 +122,12 @@ async def serve(
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.stream_settings, owned=frozenset({definition.stream, Stream.DLQ}))
-        await ensure_buckets(js, settings.stream_replicas)
         try:
-            store_id = await registry.claim(
-                js, settings.service, settings.db_path, settings.service, settings.sqlite_busy_timeout_ms
+            store_id = await retrying(
+                functools.partial(_claim_store, js, settings),
+                deadline_s=START_DEADLINE_S,
+                on_error=lambda exc, attempt: log.warning("store.claim_retrying", error=repr(exc), attempt=attempt),
+                fatal=(registry.NotTheRegisteredStore,),
             )
         except registry.NotTheRegisteredStore as exc:
             log.critical("store.not_registered", reason=str(exc))
@@ -153,6 +157,14 @@ async def serve(
             log.warning("nats.flush_failed", error=repr(exc))
         await nc.close()
         log.info("service.stopped")
+
+
+async def _claim_store(js: JetStreamContext, settings: Settings) -> str:
+    """The lease and registry buckets, and this instance's store as the registered one."""
+    await ensure_buckets(js, settings.stream_replicas)
+    return await registry.claim(
+        js, settings.service, settings.db_path, settings.service, settings.sqlite_busy_timeout_ms
+    )
 
 
 async def _announce(

@@ -12,12 +12,9 @@ metadata (``saga.applied``), so the decision needs no state outside the stream.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
+from shared.aio import retrying
 from shared.jetstream import DUPLICATE_WINDOW_S
 from shared.logging import get_logger
 from shared.subjects import STREAM_SUBJECTS, Stream
@@ -48,9 +46,9 @@ TUNABLE = ("num_replicas", "max_age", "max_bytes", "discard")
 LEGACY_APPLIED: dict[str, Any] = {"num_replicas": 1, "max_age": 0.0, "max_bytes": -1, "discard": "old"}
 """What a stream made before ``saga.applied`` existed was created with: the server's defaults."""
 
-CREATE_DEADLINE_S = 60.0
-"""How long to keep retrying while the cluster cannot create a stream yet (no meta leader, a
-leader election): measured 0.4-2.3 s for the first R3 stream of a fresh 3-node cluster."""
+START_DEADLINE_S = 60.0
+"""How long start-up keeps retrying while the cluster cannot answer yet (no meta leader, a leader
+election): measured 0.4-2.3 s for the first R3 stream of a fresh 3-node cluster."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,12 @@ async def ensure_streams(
     no one else changed them (module docstring). Retries while the cluster cannot answer yet."""
     settings = settings or StreamSettings()
     for stream in Stream:
-        await _with_retries(functools.partial(_ensure_stream, js, stream, settings, stream in owned), stream)
+        await retrying(
+            functools.partial(_ensure_stream, js, stream, settings, stream in owned),
+            deadline_s=START_DEADLINE_S,
+            on_error=functools.partial(_retrying, stream),
+            fatal=(StreamSetupError,),
+        )
 
 
 async def _ensure_stream(js: JetStreamContext, stream: Stream, settings: StreamSettings, owner: bool) -> None:
@@ -205,21 +208,5 @@ async def _ensure_stream(js: JetStreamContext, stream: Stream, settings: StreamS
         log.info("stream.updated", stream=stream.value, changed=changed, repaired=outcome.repaired)
 
 
-async def _with_retries(attempt: Callable[[], Awaitable[None]], stream: Stream) -> None:
-    deadline = time.monotonic() + CREATE_DEADLINE_S
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            await attempt()
-            return
-        except StreamSetupError:
-            raise
-        except Exception as exc:
-            # No meta leader yet, a stream leader being elected, not enough peers: the cluster
-            # answers with an API error or not at all. Anything else shows here too, and the
-            # deadline turns it into the service's start-up failure.
-            if time.monotonic() > deadline:
-                raise
-            log.warning("stream.ensure_retrying", stream=stream.value, error=repr(exc), attempt=tries)
-            await asyncio.sleep(min(0.25 * tries, 2.0))
+def _retrying(stream: Stream, exc: Exception, attempt: int) -> None:
+    log.warning("stream.ensure_retrying", stream=stream.value, error=repr(exc), attempt=attempt)

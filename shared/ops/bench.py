@@ -4,6 +4,7 @@
     saga-bench --rate 1000 --duration 30     # offer R orders/s for S seconds, open loop
     saga-bench --burst 20000 --floor         # also run bare relays (no store, no dedup, no
                                              # outbox) on the same load: the guarantees' cost
+    saga-bench --burst 20000 --floor --topology both   # and on a 3-node R3 cluster, side by side
 
 Latency is end to end: from publishing ``orders.requested`` to seeing that order's
 ``orders.confirmed`` or ``orders.cancelled``. The default mix is about 80% orders that confirm
@@ -31,14 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from shared.aio import sleep_unless_stopped
+from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.ops import client
-from shared.ops.harness import SERVICES, NatsServer, ServiceProcess, exit_on_sigterm
+from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
 from shared.runtime import tune_gc
 from shared.subjects import Stream
 
@@ -292,31 +293,41 @@ def timeline(orders: list[Order], start: float) -> list[dict[str, float]]:
     return out
 
 
-async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
+async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_size: int = 0) -> Result:
+    """One run: the services (or the floor's relays) on one server, or on a ``cluster_size``-node
+    cluster with R3 streams."""
     # Start on a quiet disk: the previous run's files (its stream store, its SQLite files) may
     # still be written back by the kernel, which would cost this run CPU and I/O it did not cause.
     await asyncio.to_thread(os.sync)
     workdir = Path(tempfile.mkdtemp(prefix=f"saga-bench-{label}-"))
-    server = NatsServer(workdir / "nats", sync_interval=args.nats_sync)
+    nats_system = System(workdir, cluster_size=cluster_size, sync_interval=args.nats_sync)
     env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level}
-    if floor:
-        services = [
-            ServiceProcess(f"floor-{r}", server.url, workdir, env, module="shared.ops.floor", args=(r,))
-            for r in FLOOR_ROLES
-        ]
-    else:
-        services = [ServiceProcess(name, server.url, workdir, env) for name in SERVICES]
+    if cluster_size:
+        env["STREAM_REPLICAS"] = str(min(cluster_size, 3))
+    services: list[ServiceProcess] = []
     nc: Client | None = None
     keep_workdir = True  # until the run has given a right answer: then its files are evidence
     try:
-        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(nats_system.start_nats)
+        if floor:
+            services = [
+                ServiceProcess(f"floor-{r}", nats_system.url, workdir, env, module="shared.ops.floor", args=(r,))
+                for r in FLOOR_ROLES
+            ]
+        else:
+            services = [ServiceProcess(name, nats_system.url, workdir, env) for name in SERVICES]
         for svc in services:
             svc.start(wait=False)
         for svc in services:
             await asyncio.to_thread(svc.wait_started)
-        assert server.proc is not None
-        procs = [Proc("nats-server", server.proc.pid)] + [Proc(s.name, s.proc.pid) for s in services if s.proc]
-        nc = await nats.connect(server.url)
+        servers = nats_system.cluster.nodes if nats_system.cluster else [nats_system.server]
+        procs = [
+            Proc(f"nats {node.name}" if cluster_size else "nats-server", node.proc.pid)
+            for node in servers
+            if node is not None and node.proc is not None
+        ]
+        procs += [Proc(s.name, s.proc.pid) for s in services if s.proc]
+        nc = await connect(nats_system.url)
         if not floor:
             await seed(nc)
         rng = random.Random(args.seed)
@@ -378,7 +389,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
             await nc.close()
         for svc in services:
             await asyncio.to_thread(svc.stop)
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(nats_system.stop)
         if keep_workdir:
             print(f"  {label}: the stream store, SQLite files and logs are in {workdir}", file=sys.stderr)
         else:  # a 100,000-order run leaves about half a gigabyte
@@ -386,6 +397,18 @@ async def measure(args: argparse.Namespace, label: str, floor: bool) -> Result:
 
 
 # --- reporting --------------------------------------------------------------------------------------
+
+
+def cpu_per_saga_ms(result: Result) -> tuple[float, float]:
+    """CPU milliseconds per order: the services' (or the floor's relays') together, and the
+    NATS server's (every node's, on a cluster)."""
+
+    def ms(names: list[str]) -> float:
+        percent = sum(float(result.processes[n]["cpu_percent"] or 0.0) for n in names)
+        return percent / 100 * result.elapsed_s / max(result.orders, 1) * 1000
+
+    nats_names = [n for n in result.processes if n.startswith("nats")]
+    return ms([n for n in result.processes if n not in nats_names]), ms(nats_names)
 
 
 def print_result(result: Result) -> None:
@@ -398,6 +421,8 @@ def print_result(result: Result) -> None:
         f"max {lat['max']:.1f}"
     )
     print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
+    services_ms, nats_ms = cpu_per_saga_ms(result)
+    print(f"  CPU per saga ms     services {services_ms:.3f}   nats {nats_ms:.3f}")
     print(f"  {'process':<20} {'CPU %':>7} {'run queue %':>12} {'peak RSS MB':>12}")
     for name, usage in [*result.processes.items(), ("(load generator)", result.load_generator)]:
         waiting = usage["run_queue_percent"]
@@ -417,7 +442,7 @@ def write_chart(results: list[Result], path: Path) -> None:
     for result in results:
         t = [b["t"] for b in result.timeline]
         bottom.plot(t, [b["sagas"] for b in result.timeline], marker=".", label=f"{result.label} sagas/s")
-        if result.label != "floor":
+        if not result.label.startswith("floor"):
             for q, style in (("p50", "-"), ("p99", "--"), ("max", ":")):
                 top.plot(t, [b[q] for b in result.timeline], style, marker=".", label=f"{result.label} {q}")
     top.set_ylabel("end-to-end latency (ms)")
@@ -443,19 +468,42 @@ def write_outputs(out: Path, summary: dict[str, Any], results: list[Result]) -> 
     return json_path, png_path
 
 
+CLUSTER_SIZE = 3
+
+
 async def run(args: argparse.Namespace) -> int:
-    results = []
-    if args.floor:
-        floor = await measure(args, "floor", floor=True)
-        print_result(floor)
-        results.append(floor)
-    saga = await measure(args, "saga", floor=False)
-    print_result(saga)
-    results.append(saga)
+    topologies = {"single": [0], "cluster": [CLUSTER_SIZE], "both": [0, CLUSTER_SIZE]}[args.topology]
+    results: list[Result] = []
+    by_topology: dict[int, dict[str, Result]] = {}
+    for size in topologies:
+        suffix = f"-r{min(size, 3)}" if size else ""
+        runs: dict[str, Result] = {}
+        if args.floor:
+            runs["floor"] = await measure(args, f"floor{suffix}", floor=True, cluster_size=size)
+            print_result(runs["floor"])
+        runs["saga"] = await measure(args, f"saga{suffix}", floor=False, cluster_size=size)
+        print_result(runs["saga"])
+        results += runs.values()
+        by_topology[size] = runs
     summary: dict[str, Any] = {"args": vars(args), "results": [asdict(r) for r in results]}
+    ratios: dict[str, float] = {}
     if args.floor:
-        summary["floor_ratio"] = saga.sagas_per_s / results[0].sagas_per_s
-        print(f"\n  saga / floor        {summary['floor_ratio']:10.3f}   (the cost of the guarantees)")
+        for size, runs in by_topology.items():
+            name = "floor_ratio" if size == 0 else f"floor_ratio_cluster_{size}"
+            ratios[name] = runs["saga"].sagas_per_s / runs["floor"].sagas_per_s
+            where = f"on a {size}-node cluster, R3" if size else "on one server"
+            print(f"\n  saga / floor        {ratios[name]:10.3f}   (the cost of the guarantees, {where})")
+    if len(by_topology) == 2:
+        single, cluster = by_topology[0]["saga"], by_topology[CLUSTER_SIZE]["saga"]
+        ratios["cluster_over_single_sagas_per_s"] = cluster.sagas_per_s / single.sagas_per_s
+        ratios["cluster_over_single_services_cpu"] = cpu_per_saga_ms(cluster)[0] / cpu_per_saga_ms(single)[0]
+        ratios["cluster_over_single_nats_cpu"] = cpu_per_saga_ms(cluster)[1] / cpu_per_saga_ms(single)[1]
+        print(
+            f"\n  R3 cluster / one server: sagas/s {ratios['cluster_over_single_sagas_per_s']:.3f}, "
+            f"services' CPU per saga {ratios['cluster_over_single_services_cpu']:.3f}, "
+            f"NATS CPU per saga {ratios['cluster_over_single_nats_cpu']:.3f}"
+        )
+    summary.update(ratios)
     json_path, png_path = await asyncio.to_thread(write_outputs, Path(args.out), summary, results)
     print(f"\n  wrote {json_path} and {png_path}")
     failed = [r for r in results if r.wrong_outcomes]
@@ -476,6 +524,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds, with --rate (default 30)")
     parser.add_argument("--all-success", action="store_true", help="every order confirms (default: ~80%%)")
     parser.add_argument("--floor", action="store_true", help="also measure bare relays and print the ratio")
+    parser.add_argument(
+        "--topology",
+        choices=("single", "cluster", "both"),
+        default="single",
+        help=f"one nats-server (default), a {CLUSTER_SIZE}-node cluster with R3 streams, or both side by side",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats-sync", default="always", help="the server's sync_interval (default: always)")
     parser.add_argument(

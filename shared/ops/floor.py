@@ -27,6 +27,7 @@ from shared.envelope import BadMessage, Envelope, Event
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer
 from shared.outbox import from_events
 from shared.runtime import tune_gc
+from shared.settings import Settings
 from shared.streams import ensure_streams
 from shared.subjects import EventType
 
@@ -122,7 +123,8 @@ async def main_async(role: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     nc = await connect(nats_url_from_env(), max_reconnect_attempts=-1)
-    await ensure_streams(nc.jetstream())
+    # The services' stream settings (STREAM_REPLICAS on a cluster), so both run on the same streams.
+    await ensure_streams(nc.jetstream(), Settings.from_env(f"floor-{role}").stream_settings)
     publisher = Publisher(nc)
     await publisher.start()
     tasks = [
