@@ -4,6 +4,8 @@ under load, and nothing is lost, doubled, dead-lettered or timed out for it."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +18,11 @@ from tests.e2e.conftest import new_customer, new_sku, settled_stock
 
 ORDERS = 60
 RATE = 15.0  # orders per second: the leader is killed a second into the load and stays down
+
+
+def run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / name
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
 
 
 async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_nothing(tmp_path: Path) -> None:
@@ -68,6 +75,13 @@ async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_
             return info.cluster is not None and all(r.current for r in info.cluster.replicas or [])
 
         await poll(replicas_current, bool, timeout=30)
+
+        # The operator's tools take the comma-separated list too, as NATS_URL does.
+        assert "," in system.url
+        audit = run_tool("saga-audit", "--nats-url", system.url, "--confirm-after", "0.5")
+        assert audit.returncode == 0 and "clean" in audit.stdout, audit.stdout + audit.stderr
+        dlq = run_tool("saga-dlq", "--nats-url", system.url, "list")
+        assert dlq.returncode == 0 and "0 dead letter(s)" in dlq.stdout, dlq.stdout + dlq.stderr
     finally:
         await nc.close()
         system.stop()
