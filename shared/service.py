@@ -26,7 +26,7 @@ from shared.api import Endpoint, RepublishRequest, json_endpoint
 from shared.connection import connect
 from shared.consumer import BatchLoop, Consumer, ConsumerSpec
 from shared.jetstream import Publisher
-from shared.lease import Holder, Lease, ensure_buckets
+from shared.lease import Holder, Lease, LeaseLost, ensure_buckets
 from shared.logging import configure_logging, get_logger
 from shared.outbox import Relay, requeue
 from shared.retention import check_retention, run_pruning
@@ -197,17 +197,21 @@ async def _write(
     renewing = asyncio.create_task(lease.keep(term), name="lease")
     lock = WriterLock(settings.db_path)
     async with forward(stop, term), forward(lease.lost, term):
-        if not await _lock_file(lock, lease, term):
-            renewing.cancel()
-            return 0 if stop.is_set() else None
         try:
-            return await _write_locked(definition, settings, nc, lease, stop, term, renewing, started)
+            if not await _lock_file(lock, lease, term):
+                return 0 if stop.is_set() else None
+            try:
+                return await _write_locked(definition, settings, nc, lease, stop, term, started)
+            except LeaseLost as exc:  # a newer epoch wrote the file before we could open it
+                log.warning("store.fenced_at_open", reason=str(exc))
+                return None
+            finally:
+                lock.release()
         finally:
             term.set()
             await asyncio.gather(renewing, return_exceptions=True)
             if stop.is_set():
                 await lease.release()  # a standby takes over now, not after the lease expires
-            lock.release()
 
 
 async def _lock_file(lock: WriterLock, lease: Lease, term: asyncio.Event) -> bool:
@@ -230,7 +234,6 @@ async def _write_locked(
     lease: Lease,
     stop: asyncio.Event,
     term: asyncio.Event,
-    renewing: asyncio.Task[None],
     started: asyncio.Event | None,
 ) -> int | None:
     store = await Store.open(
