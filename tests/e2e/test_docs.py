@@ -19,7 +19,7 @@ from tests.conftest import consumers_idle, poll, stream_messages, subject_count
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "events.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
-KNOWN_VERBS = {"pub", "req", "sub", "stream", "micro"}
+KNOWN_VERBS = {"pub", "req", "sub", "stream", "micro", "kv"}
 
 
 def nats_lines(path: Path) -> list[list[str]]:
@@ -104,6 +104,9 @@ async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
                     await client.wait_until_terminal(nc, json.loads(body)["order_id"])
                 reply = json.loads((await nc.request(subject, body, timeout=5)).data)
                 assert "error" not in reply, (argv, reply)
+            elif argv[1:3] == ["kv", "get"]:  # the lease and the registered store of a service
+                entry = await (await js.key_value(argv[3])).get(argv[4])
+                assert entry.value and json.loads(entry.value)["store"], argv
 
         expected = {
             "doc-order-1": ("CONFIRMED", None),
