@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from shared.aio import retrying
 from shared.logging import get_logger
 from shared.subjects import Stream
 
@@ -298,6 +300,10 @@ def reading_paused(nc: Client) -> Iterator[None]:
         transport.resume_reading()  # a no-op on a transport closed meanwhile (a reconnect)
 
 
+CONSUMER_DEADLINE_S = 60.0
+"""How long start-up keeps retrying to make a durable consumer while its stream has no leader."""
+
+
 def durable_name(service: str, stream: Stream) -> str:
     return f"{service}-{stream.value.lower()}"
 
@@ -317,6 +323,13 @@ async def ensure_consumer(js: JetStreamContext, service: str, stream: Stream, fi
         max_ack_pending=MAX_ACK_PENDING,
         filter_subjects=list(filter_subjects),
     )
-    # Since nats-server 2.10 a create with an existing name updates the editable fields.
-    await js.add_consumer(stream.value, config)
+    # Since nats-server 2.10 a create with an existing name updates the editable fields. On a
+    # cluster, a stream made a moment ago may have no leader yet: retry as stream creation does.
+    await retrying(
+        functools.partial(js.add_consumer, stream.value, config),
+        deadline_s=CONSUMER_DEADLINE_S,
+        on_error=lambda exc, attempt: log.warning(
+            "consumer.ensure_retrying", consumer=name, error=repr(exc), attempt=attempt
+        ),
+    )
     return name
