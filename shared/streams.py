@@ -111,7 +111,7 @@ class Reconciled:
     changed: dict[str, tuple[Any, Any]]
     """Tunable -> (the stream's value, the value written)."""
     kept: dict[str, tuple[Any, Any]]
-    """Tunable -> (the stream's value, kept, the value this service would set)."""
+    """Tunable -> (the stream's value, which is kept; the value this service would have set)."""
     repaired: list[str]
     """Settings the saga depends on that were wrong and are set back."""
 

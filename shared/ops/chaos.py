@@ -311,9 +311,10 @@ async def _pause(svc: ServiceProcess, lease_ttl_s: float, ledger: Ledger, pauses
     pauses.append(Pause(svc.name, pid, resumed_at))
 
 
-def stale_commits(db: Path, pauses: list[Pause]) -> list[str]:
-    """Commits made under a lease that had passed: one epoch committing after the next one took the
-    file, or a paused writer committing after it resumed. Read from the store's writer_epochs."""
+def stale_commits(db: Path, pauses: list[Pause]) -> tuple[int, list[str]]:
+    """How many epochs wrote ``db``, and the commits made under a lease that had passed: one epoch
+    committing after the next one took the file, or a paused writer committing after it resumed.
+    Read from the store's writer_epochs."""
     with sqlite3.connect(db) as conn:
         epochs = conn.execute(
             "SELECT epoch, pid, acquired_at, commits, last_commit_at FROM writer_epochs ORDER BY epoch"
@@ -329,7 +330,7 @@ def stale_commits(db: Path, pauses: list[Pause]) -> list[str]:
         for epoch, pid, acquired_at, _, last_commit_at in epochs:
             if pid == pause.pid and acquired_at < pause.resumed_at and (last_commit_at or 0) > pause.resumed_at:
                 found.append(f"{db.name}: epoch {epoch} (pid {pid}) committed after its SIGCONT")
-    return found
+    return len(epochs), found
 
 
 # --- settling and checking --------------------------------------------------------------------
@@ -489,8 +490,9 @@ async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause])
     strays = [k for k in dead if k not in expected]
     checks.append(Check("no valid event is in the DLQ", not strays, f"{len(dead)} dead letters, {len(strays)} stray"))
 
-    stale = [line for name in SERVICES for line in stale_commits(workdir / f"{name}.sqlite3", pauses)]
-    epochs = sum(_epochs(workdir / f"{name}.sqlite3") for name in SERVICES)
+    per_store = [stale_commits(workdir / f"{name}.sqlite3", pauses) for name in SERVICES]
+    stale = [line for _, found in per_store for line in found]
+    epochs = sum(count for count, _ in per_store)
     checks.append(
         Check(
             "no commit under a stale lease (every store's writer epochs in order)",
@@ -508,11 +510,6 @@ async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause])
         )
     )
     return checks
-
-
-def _epochs(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT count(*) FROM writer_epochs").fetchone()[0])
 
 
 # --- the run ----------------------------------------------------------------------------------
