@@ -13,7 +13,8 @@ INVENTORY_SERVICE = ServiceDefinition(
     description="Stock of the choreographed saga: reserve, release, restock.",
     stream=Stream.INVENTORY,
     schema=repository.SCHEMA,
-    consumers=handlers.CONSUMERS,
+    consumers=handlers.consumers,
+    steps=Stream.INVENTORY_STEPS,
     endpoints=api.endpoints,
 )
 

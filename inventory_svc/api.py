@@ -11,7 +11,7 @@ from pydantic import Field
 
 from inventory_svc import domain, repository
 from inventory_svc.domain import Stock
-from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
+from shared.api import ApiError, ApiRequest, ByKey, Endpoint, PageRequest, json_endpoint, merge_pages, page
 from shared.contract import MAX_QUANTITY, Sku
 from shared.service import ServiceContext
 from shared.subjects import (
@@ -83,8 +83,14 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
         return {"skus": skus, "next": next_after}
 
     return [
-        json_endpoint("restock", API_INVENTORY_RESTOCK, Restock, restock),
-        json_endpoint("stock", API_INVENTORY_STOCK, GetStock, stock),
-        json_endpoint("reservations", API_INVENTORY_RESERVATIONS, PageRequest, list_reservations),
-        json_endpoint("skus", API_INVENTORY_SKUS, PageRequest, list_skus),
+        json_endpoint("restock", API_INVENTORY_RESTOCK, Restock, restock, ByKey("sku")),
+        json_endpoint("stock", API_INVENTORY_STOCK, GetStock, stock, ByKey("sku")),
+        json_endpoint(
+            "reservations",
+            API_INVENTORY_RESERVATIONS,
+            PageRequest,
+            list_reservations,
+            merge_pages("reservations", "order_id"),
+        ),
+        json_endpoint("skus", API_INVENTORY_SKUS, PageRequest, list_skus, merge_pages("skus", "sku")),
     ]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from shared.envelope import Event
+from shared.partitions import Partitioning
 from shared.subjects import EventType
+
+# Sub-steps between partitions (partitioned only; docs/partitions.md). From the order's partition
+# (its "home") to a partition holding some of its skus ("part"), and the part's answer back.
+RESERVE_REQUESTED = "inventory_svc.reserve_requested"
+PART_RESERVED = "inventory_svc.part_reserved"
+PART_FAILED = "inventory_svc.part_failed"
+COMMIT_REQUESTED = "inventory_svc.commit_requested"
+RELEASE_REQUESTED = "inventory_svc.release_requested"
 
 OUT_OF_STOCK = "out_of_stock"
 UNKNOWN_SKU = "unknown_sku"
@@ -106,3 +115,114 @@ def restock(stock: Stock | None, sku: str, quantity: int) -> Stock:
     stock = stock or Stock(sku, 0, 0)
     stock.available += quantity
     return stock
+
+
+# --- partitioned: an order whose skus live in other partitions than the order ----------------
+
+
+class DispatchStatus(StrEnum):
+    DELEGATED = "DELEGATED"
+    """All its skus are in one other partition: that partition decides, and says so itself."""
+    PENDING = "PENDING"
+    """Its skus are in several partitions; some have not answered yet."""
+    RESERVED = "RESERVED"
+    FAILED = "FAILED"
+    """A part could not reserve; every other part was told to release (or never to reserve)."""
+    RELEASED = "RELEASED"
+    """The order was cancelled; every part was told to release."""
+    COMMITTED = "COMMITTED"
+
+
+@dataclass
+class Dispatch:
+    """The home partition's record of an order it split between the partitions of its skus."""
+
+    order_id: str
+    status: DispatchStatus
+    parts: dict[int, dict[str, int]]
+    """Partition -> the order's lines whose sku lives there."""
+    reserved: set[int] = field(default_factory=set)
+    """The parts that answered reserved."""
+    reason: str | None = None
+
+
+def parts_of(lines: Mapping[str, int], partitioning: Partitioning) -> dict[int, dict[str, int]]:
+    """The order's lines grouped by the partition of their sku."""
+    parts: dict[int, dict[str, int]] = {}
+    for sku, quantity in lines.items():
+        parts.setdefault(partitioning.of(sku), {})[sku] = quantity
+    return parts
+
+
+def dispatch(order_id: str, parts: dict[int, dict[str, int]]) -> tuple[Dispatch, list[Event]]:
+    """Ask each part to reserve its lines. One part alone answers the saga itself (delegated)."""
+    delegated = len(parts) == 1
+    status = DispatchStatus.DELEGATED if delegated else DispatchStatus.PENDING
+    events = [
+        Event(RESERVE_REQUESTED, order_id, {"items": _items(lines), "delegated": delegated}, partition)
+        for partition, lines in parts.items()
+    ]
+    return Dispatch(order_id, status, parts), events
+
+
+def reserve_part(
+    order_id: str, lines: dict[str, int], delegated: bool, home: int, part: int, stock: Mapping[str, Stock | None]
+) -> tuple[Reservation, list[Event]]:
+    """A part reserves its lines, all or none; a delegated part tells the saga, another its home."""
+    reservation, events = reserve(order_id, lines, None, stock)
+    assert reservation is not None
+    if delegated:
+        return reservation, events
+    if reservation.status is ReservationStatus.RESERVED:
+        return reservation, [Event(PART_RESERVED, order_id, {"partition": part}, home)]
+    failed = {"partition": part, "reason": events[0].data["reason"], "sku": events[0].data["sku"]}
+    return reservation, [Event(PART_FAILED, order_id, failed, home)]
+
+
+def part_answered(dispatched: Dispatch, partition: int, failure: tuple[str, str] | None) -> tuple[bool, list[Event]]:
+    """A part's answer at the home: the saga hears once every part reserved, or at the first that
+    could not, and then every other part releases. (changed, events)."""
+    if dispatched.status is not DispatchStatus.PENDING or partition not in dispatched.parts:
+        return False, []  # failed or released already: the releases sent then cover this part too
+    order_id = dispatched.order_id
+    if failure is not None:
+        reason, sku = failure
+        dispatched.status = DispatchStatus.FAILED
+        dispatched.reason = reason
+        releases = _to_parts(dispatched, RELEASE_REQUESTED, reason, skip=partition)
+        return True, [Event(EventType.INVENTORY_FAILED, order_id, {"reason": reason, "sku": sku}), *releases]
+    dispatched.reserved.add(partition)
+    if dispatched.reserved != set(dispatched.parts):
+        return True, []
+    dispatched.status = DispatchStatus.RESERVED
+    every_line = {sku: qty for lines in dispatched.parts.values() for sku, qty in lines.items()}
+    return True, [Event(EventType.INVENTORY_RESERVED, order_id, {"items": _items(every_line)})]
+
+
+def dispatch_confirmed(dispatched: Dispatch) -> list[Event]:
+    """The order was confirmed: every part commits what it reserved (a part that reserved nothing ignores it)."""
+    if dispatched.status not in (DispatchStatus.RESERVED, DispatchStatus.DELEGATED):
+        return []
+    dispatched.status = DispatchStatus.COMMITTED
+    return _to_parts(dispatched, COMMIT_REQUESTED, None)
+
+
+def dispatch_cancelled(dispatched: Dispatch, reason: str) -> list[Event]:
+    """The order was cancelled: every part releases what it holds, or records that it must never reserve."""
+    if dispatched.status not in (DispatchStatus.PENDING, DispatchStatus.RESERVED, DispatchStatus.DELEGATED):
+        return []
+    dispatched.status = DispatchStatus.RELEASED
+    dispatched.reason = reason
+    return _to_parts(dispatched, RELEASE_REQUESTED, reason)
+
+
+def _to_parts(dispatched: Dispatch, event_type: str, reason: str | None, skip: int | None = None) -> list[Event]:
+    events = []
+    for partition, lines in dispatched.parts.items():
+        if partition == skip:
+            continue
+        data: dict[str, object] = {"items": _items(lines)}
+        if reason is not None:
+            data["reason"] = reason
+        events.append(Event(event_type, dispatched.order_id, data, partition))
+    return events

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from pydantic_core import from_json, to_json
 
-from inventory_svc.domain import Reservation, ReservationStatus, Stock
+from inventory_svc.domain import Dispatch, DispatchStatus, Reservation, ReservationStatus, Stock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS restocks (
     at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS restocks_by_sku ON restocks(sku);
+-- Partitioned only: orders of this partition whose skus live in other partitions (docs/partitions.md).
+CREATE TABLE IF NOT EXISTS dispatches (
+    order_id   TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    parts      TEXT NOT NULL,
+    reserved   TEXT NOT NULL,
+    reason     TEXT,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -104,3 +113,29 @@ def save_reservation(tx: sqlite3.Connection, reservation: Reservation) -> None:
 
 def record_restock(tx: sqlite3.Connection, sku: str, quantity: int) -> None:
     tx.execute("INSERT INTO restocks(sku, quantity, at) VALUES (?, ?, ?)", (sku, quantity, time.time()))
+
+
+def get_dispatch(conn: sqlite3.Connection, order_id: str) -> Dispatch | None:
+    row = conn.execute("SELECT * FROM dispatches WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        return None
+    parts = {int(k): dict(v) for k, v in from_json(row["parts"]).items()}
+    return Dispatch(
+        row["order_id"], DispatchStatus(row["status"]), parts, set(from_json(row["reserved"])), row["reason"]
+    )
+
+
+def save_dispatch(tx: sqlite3.Connection, dispatched: Dispatch) -> None:
+    tx.execute(
+        "INSERT INTO dispatches(order_id, status, parts, reserved, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(order_id) DO UPDATE SET status = excluded.status, reserved = excluded.reserved,"
+        " reason = excluded.reason, updated_at = excluded.updated_at",
+        (
+            dispatched.order_id,
+            dispatched.status.value,
+            to_json({str(k): v for k, v in dispatched.parts.items()}).decode(),
+            to_json(sorted(dispatched.reserved)).decode(),
+            dispatched.reason,
+            time.time(),
+        ),
+    )

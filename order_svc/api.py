@@ -8,7 +8,7 @@ from typing import Any
 
 from order_svc import repository
 from order_svc.domain import Order
-from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
+from shared.api import ApiError, ApiRequest, ByKey, Endpoint, PageRequest, json_endpoint, merge_pages, page
 from shared.service import ServiceContext
 from shared.subjects import API_ORDERS_GET, API_ORDERS_LIST
 
@@ -51,6 +51,6 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
         }
 
     return [
-        json_endpoint("get", API_ORDERS_GET, GetOrder, get_order),
-        json_endpoint("list", API_ORDERS_LIST, PageRequest, list_orders),
+        json_endpoint("get", API_ORDERS_GET, GetOrder, get_order, ByKey("order_id")),
+        json_endpoint("list", API_ORDERS_LIST, PageRequest, list_orders, merge_pages("orders", "order_id")),
     ]

@@ -13,7 +13,8 @@ PAYMENT_SERVICE = ServiceDefinition(
     description="Customer balances of the choreographed saga: charge, refund, deposit.",
     stream=Stream.PAYMENTS,
     schema=repository.SCHEMA,
-    consumers=handlers.CONSUMERS,
+    consumers=handlers.consumers,
+    steps=Stream.PAYMENT_STEPS,
     endpoints=api.endpoints,
 )
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from payment_svc import domain, repository
 from payment_svc.domain import Account
-from shared.api import ApiError, ApiRequest, Endpoint, PageRequest, json_endpoint, page
+from shared.api import ApiError, ApiRequest, ByKey, Endpoint, PageRequest, json_endpoint, merge_pages, page
 from shared.contract import CustomerId
 from shared.service import ServiceContext
 from shared.subjects import API_PAYMENTS_ACCOUNT, API_PAYMENTS_ACCOUNTS, API_PAYMENTS_DEPOSIT, API_PAYMENTS_LIST
@@ -69,8 +69,10 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
         return {"accounts": accounts, "next": next_after}
 
     return [
-        json_endpoint("deposit", API_PAYMENTS_DEPOSIT, Deposit, deposit),
-        json_endpoint("account", API_PAYMENTS_ACCOUNT, GetAccount, account),
-        json_endpoint("list", API_PAYMENTS_LIST, PageRequest, list_payments),
-        json_endpoint("accounts", API_PAYMENTS_ACCOUNTS, PageRequest, list_accounts),
+        json_endpoint("deposit", API_PAYMENTS_DEPOSIT, Deposit, deposit, ByKey("customer_id")),
+        json_endpoint("account", API_PAYMENTS_ACCOUNT, GetAccount, account, ByKey("customer_id")),
+        json_endpoint("list", API_PAYMENTS_LIST, PageRequest, list_payments, merge_pages("payments", "order_id")),
+        json_endpoint(
+            "accounts", API_PAYMENTS_ACCOUNTS, PageRequest, list_accounts, merge_pages("accounts", "customer_id")
+        ),
     ]

@@ -8,6 +8,11 @@ from enum import StrEnum
 from shared.envelope import Event
 from shared.subjects import EventType
 
+CHARGE_REQUESTED = "payment_svc.charge_requested"
+"""Sub-step (partitioned only): from the order's partition to its customer's, charge the order."""
+REFUND_REQUESTED = "payment_svc.refund_requested"
+"""Sub-step (partitioned only): the order was cancelled; compensate in the customer's partition."""
+
 INSUFFICIENT_FUNDS = "insufficient_funds"
 UNKNOWN_CUSTOMER = "unknown_customer"
 
@@ -73,6 +78,28 @@ def compensate(
     existing.reason = reason
     refunded = {"amount_cents": existing.amount_cents, "reason": reason}
     return existing, [Event(EventType.PAYMENTS_REFUNDED, order_id, refunded)]
+
+
+@dataclass
+class Forwarded:
+    """An order whose payment lives in its customer's partition, not the order's (docs/partitions.md)."""
+
+    order_id: str
+    customer_id: str
+    partition: int
+    """The customer's partition."""
+
+
+def forward_charge(order_id: str, customer_id: str, amount_cents: int, partition: int) -> tuple[Forwarded, list[Event]]:
+    """Hand the charge to the customer's partition: the balance lives there, and so does the payment."""
+    data = {"customer_id": customer_id, "amount_cents": amount_cents}
+    return Forwarded(order_id, customer_id, partition), [Event(CHARGE_REQUESTED, order_id, data, partition)]
+
+
+def forward_refund(forwarded: Forwarded, reason: str) -> list[Event]:
+    """The cancel of a forwarded order goes where its charge went; that partition decides (``compensate``)."""
+    data = {"customer_id": forwarded.customer_id, "reason": reason}
+    return [Event(REFUND_REQUESTED, forwarded.order_id, data, forwarded.partition)]
 
 
 def deposit(account: Account | None, customer_id: str, amount_cents: int) -> Account:

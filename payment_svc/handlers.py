@@ -1,23 +1,40 @@
-"""payment_svc's handlers: charge on orders.created, refund on orders.cancelled."""
+"""payment_svc's handlers: charge on orders.created, refund on orders.cancelled.
+
+Partitioned, a payment lives with its customer's balance: an order's events reach the order's
+partition, which charges there if the customer is there too, and otherwise forwards the charge,
+and later its cancel, to the customer's partition (docs/partitions.md).
+"""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 from payment_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
-from shared.contract import OrderCancelled, OrderCreated
-from shared.envelope import Envelope, Event
+from shared.contract import Cents, CustomerId, OrderCancelled, OrderCreated, Reason
+from shared.envelope import Envelope, Event, EventData
 from shared.logging import get_logger
+from shared.partitions import UNPARTITIONED, Partitioning
 from shared.subjects import EventType, Stream
 
 log = get_logger("payment_svc")
 
 
-def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
-    existing = repository.get_payment(tx, env.order_id)
-    account = repository.get_account(tx, data.customer_id)
-    payment, events = domain.charge(env.order_id, data.customer_id, data.total_cents, existing, account)
+class ChargeRequested(EventData):
+    customer_id: CustomerId
+    amount_cents: Cents
+
+
+class RefundRequested(EventData):
+    customer_id: CustomerId
+    reason: Reason
+
+
+def _charge(tx: sqlite3.Connection, order_id: str, customer_id: str, amount_cents: int) -> list[Event]:
+    existing = repository.get_payment(tx, order_id)
+    account = repository.get_account(tx, customer_id)
+    payment, events = domain.charge(order_id, customer_id, amount_cents, existing, account)
     if payment is None:
         log.debug("payment.charge_skipped", status=existing.status.value if existing else None)
         return []
@@ -28,10 +45,10 @@ def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated)
     return events
 
 
-def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
-    existing = repository.get_payment(tx, env.order_id)
+def _compensate(tx: sqlite3.Connection, order_id: str, reason: str) -> list[Event]:
+    existing = repository.get_payment(tx, order_id)
     account = repository.get_account(tx, existing.customer_id) if existing else None
-    payment, events = domain.compensate(env.order_id, data.reason, existing, account)
+    payment, events = domain.compensate(order_id, reason, existing, account)
     if payment is None:
         log.debug("payment.compensation_skipped", status=existing.status.value if existing else None)
         return []
@@ -42,12 +59,62 @@ def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancel
     return events
 
 
-CONSUMERS = [
-    ConsumerSpec(
-        Stream.ORDERS,
-        {
-            EventType.ORDERS_CREATED: Route(OrderCreated, on_orders_created),
-            EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
-        },
-    ),
-]
+def on_orders_created(
+    partitioning: Partitioning, tx: sqlite3.Connection, env: Envelope, data: OrderCreated
+) -> list[Event]:
+    account_partition = partitioning.of(data.customer_id)
+    if account_partition == partitioning.of(env.order_id):  # always so when unpartitioned
+        return _charge(tx, env.order_id, data.customer_id, data.total_cents)
+    # A payment row here is the barrier of a cancel that came first; a forward, a repeat.
+    if repository.get_payment(tx, env.order_id) or repository.get_forwarded(tx, env.order_id):
+        log.debug("payment.forward_skipped")
+        return []
+    forwarded, events = domain.forward_charge(env.order_id, data.customer_id, data.total_cents, account_partition)
+    repository.add_forwarded(tx, forwarded)
+    log.debug("payment.forwarded", partition=account_partition)
+    return events
+
+
+def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
+    forwarded = repository.get_forwarded(tx, env.order_id)
+    if forwarded is not None:
+        return domain.forward_refund(forwarded, data.reason)
+    return _compensate(tx, env.order_id, data.reason)
+
+
+def on_charge_requested(tx: sqlite3.Connection, env: Envelope, data: ChargeRequested) -> list[Event]:
+    return _charge(tx, env.order_id, data.customer_id, data.amount_cents)
+
+
+def on_refund_requested(tx: sqlite3.Connection, env: Envelope, data: RefundRequested) -> list[Event]:
+    return _compensate(tx, env.order_id, data.reason)
+
+
+def _customer(env: Envelope, data: ChargeRequested | RefundRequested) -> str:
+    return data.customer_id
+
+
+def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
+    specs = [
+        ConsumerSpec(
+            Stream.ORDERS,
+            {
+                EventType.ORDERS_CREATED: Route(OrderCreated, functools.partial(on_orders_created, partitioning)),
+                EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
+            },
+        ),
+    ]
+    if partitioning.partitioned:
+        specs.append(
+            ConsumerSpec(
+                Stream.PAYMENT_STEPS,
+                {
+                    domain.CHARGE_REQUESTED: Route(ChargeRequested, on_charge_requested, key=_customer),
+                    domain.REFUND_REQUESTED: Route(RefundRequested, on_refund_requested, key=_customer),
+                },
+            )
+        )
+    return specs
+
+
+CONSUMERS = consumers(UNPARTITIONED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from payment_svc.domain import Account, Payment, PaymentStatus
+from payment_svc.domain import Account, Forwarded, Payment, PaymentStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS deposits (
     at           REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deposits_by_customer ON deposits(customer_id);
+-- Partitioned only: orders of this partition whose payment is in their customer's partition.
+CREATE TABLE IF NOT EXISTS forwarded (
+    order_id    TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    partition   INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -71,4 +77,16 @@ def save_payment(tx: sqlite3.Connection, payment: Payment) -> None:
 def record_deposit(tx: sqlite3.Connection, customer_id: str, amount_cents: int) -> None:
     tx.execute(
         "INSERT INTO deposits(customer_id, amount_cents, at) VALUES (?, ?, ?)", (customer_id, amount_cents, time.time())
+    )
+
+
+def get_forwarded(conn: sqlite3.Connection, order_id: str) -> Forwarded | None:
+    row = conn.execute("SELECT * FROM forwarded WHERE order_id = ?", (order_id,)).fetchone()
+    return Forwarded(row["order_id"], row["customer_id"], row["partition"]) if row else None
+
+
+def add_forwarded(tx: sqlite3.Connection, forwarded: Forwarded) -> None:
+    tx.execute(
+        "INSERT INTO forwarded(order_id, customer_id, partition) VALUES (?, ?, ?)",
+        (forwarded.order_id, forwarded.customer_id, forwarded.partition),
     )

@@ -21,7 +21,7 @@ from shared.store import Store
 
 log = get_logger("api")
 
-_HTTP_LIKE = {"bad_request": "400", "not_found": "404", "conflict": "409", "internal": "500"}
+_HTTP_LIKE = {"bad_request": "400", "not_found": "404", "conflict": "409", "internal": "500", "unavailable": "503"}
 
 
 class ApiError(Exception):
@@ -72,16 +72,71 @@ async def page(
 
 
 @dataclass(frozen=True)
+class ByKey:
+    """A request about one key: the partition of the request's ``field`` answers it."""
+
+    field: str
+
+
+@dataclass(frozen=True)
+class Gather:
+    """A request every partition answers: ``merge`` makes one reply of theirs (shared.routing)."""
+
+    merge: Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
+    """(the request, each partition's reply) -> the reply."""
+
+
+Routing = ByKey | Gather
+
+
+def merge_pages(items: str, key: str) -> Gather:
+    """One keyset page of ``items`` (ordered by ``key``) from every partition's page.
+
+    A partition whose page came back full may hold more beyond its last key, so the merged page
+    ends at the smallest such key and holds everything up to it: nothing is skipped, and a key
+    several partitions hold (an order's lines across inventory partitions) is never split
+    between pages. So a merged page may hold more than ``limit`` items.
+    """
+
+    def merge(request: dict[str, Any], replies: list[dict[str, Any]]) -> dict[str, Any]:
+        limit = int(request.get("limit", PageRequest.model_fields["limit"].default))
+        full = [reply[items][-1][key] for reply in replies if len(reply[items]) >= limit]
+        cutoff = min(full) if full else None
+        merged = sorted(
+            (item for reply in replies for item in reply[items] if cutoff is None or item[key] <= cutoff),
+            key=lambda item: item[key],
+        )
+        return {**replies[0], items: merged, "next": cutoff}
+
+    return Gather(merge)
+
+
+def sum_of(counted: str) -> Gather:
+    """The first partition's reply, with ``counted`` summed over every partition."""
+
+    def merge(request: dict[str, Any], replies: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**replies[0], counted: sum(int(reply[counted]) for reply in replies)}
+
+    return Gather(merge)
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """One request/reply endpoint: its micro name, subject and typed handler."""
+    """One request/reply endpoint: its micro name, subject, typed handler, and which partition answers."""
 
     name: str
     subject: str
     handler: Callable[[Request], Awaitable[None]]
+    routing: Routing | None = None
+    """Which partition(s) answer when the service is partitioned; required then (shared.routing)."""
 
 
 def json_endpoint(
-    name: str, subject: str, model: type[ReqT], handle: Callable[[ReqT], Awaitable[dict[str, Any]]]
+    name: str,
+    subject: str,
+    model: type[ReqT],
+    handle: Callable[[ReqT], Awaitable[dict[str, Any]]],
+    routing: Routing | None = None,
 ) -> Endpoint:
     """Wrap ``handle`` so it receives a validated request and its result or error goes back as JSON."""
 
@@ -103,7 +158,12 @@ def json_endpoint(
             return
         await request.respond(json.dumps(reply).encode())
 
-    return Endpoint(name, subject, on_request)
+    return Endpoint(name, subject, on_request, routing)
+
+
+async def respond_error(request: Request, code: str, message: str) -> None:
+    """Answer ``request`` with an error reply (module docstring)."""
+    await _respond_error(request, code, message)
 
 
 async def _respond_error(request: Request, code: str, message: str) -> None:

@@ -25,9 +25,10 @@ from nats.aio.msg import Msg
 from shared import inbox, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
-from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, ensure_consumer, reading_paused
+from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, durable_name, ensure_consumer, reading_paused
 from shared.logging import about_message, get_logger
 from shared.outbox import OutboxRecord, Relay
+from shared.partitions import UNPARTITIONED, Partitioning, split_stored
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import Stream, consumer_filters, dlq_subject
 
@@ -47,6 +48,8 @@ class Route(Generic[DataT]):
 
     data_model: type[DataT]
     handler: Handler[DataT]
+    key: Callable[[Envelope, DataT], str] | None = None
+    """The key whose partition the message belongs to, partitioned; None: its order_id."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,14 @@ class ConsumerSpec:
 
     @property
     def filter_subjects(self) -> list[str]:
+        """Every subject shape of the routed types, as published (unpartitioned, or strays)."""
         return [f for event_type in self.routes for f in consumer_filters(event_type)]
+
+    def partition_filters(self, partitioning: Partitioning, partition: int) -> list[str]:
+        """What partition ``partition`` reads: the routed types as the stream stores them there."""
+        if not partitioning.partitioned:
+            return self.filter_subjects
+        return [partitioning.subject(partition, f"{event_type}.*") for event_type in self.routes]
 
     def decode(self, subject: str, body: bytes) -> tuple[Envelope, Route[Any], EventData]:
         """The message's envelope, its route and its data, in one validation pass; BadMessage if bad."""
@@ -132,9 +142,25 @@ class Consumer:
     The service's ``BatchLoop`` takes what all its consumers have ready and applies it together.
     """
 
-    def __init__(self, *, service: str, spec: ConsumerSpec, nc: Client, batch_size: int, max_deliveries: int) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        spec: ConsumerSpec,
+        nc: Client,
+        batch_size: int,
+        max_deliveries: int,
+        partitioning: Partitioning = UNPARTITIONED,
+        partition: int = 0,
+        strays: bool = False,
+    ) -> None:
         self.service = service
         self.spec = spec
+        self.partitioning = partitioning
+        self.partition = partition
+        self.strays = strays
+        """A strays consumer reads a partitioned stream's unrenamed subjects: the wrong shapes the
+        transform left alone (shared.partitions). It only dead-letters."""
         self._nc = nc
         self._js = nc.jetstream()
         self._batch_size = batch_size
@@ -142,9 +168,21 @@ class Consumer:
         self.name = ""
         self._puller: Puller | None = None
 
+    @property
+    def durable(self) -> str:
+        if self.strays:
+            return durable_name(f"{self.service}-strays", self.spec.stream)
+        return durable_name(self.partitioning.unit(self.service, self.partition).replace(".", "-"), self.spec.stream)
+
+    @property
+    def filters(self) -> list[str]:
+        if self.strays:
+            return self.spec.filter_subjects
+        return self.spec.partition_filters(self.partitioning, self.partition)
+
     async def start(self, arrived: asyncio.Event) -> None:
         """Ensure the durable consumer exists and start pulling; ``arrived`` is set on every delivery."""
-        self.name = await ensure_consumer(self._js, self.service, self.spec.stream, self.spec.filter_subjects)
+        self.name = await ensure_consumer(self._js, self.durable, self.spec.stream, self.filters)
         self._puller = Puller(self._nc, self.spec.stream.value, self.name, self._batch_size, arrived)
         await self._puller.start()
 
@@ -158,7 +196,19 @@ class Consumer:
             await self._puller.close()
 
     def decode(self, msg: Msg) -> Decoded:
-        return Decoded(msg, *self.spec.decode(msg.subject, msg.data))
+        if self.strays:
+            self.spec.decode(msg.subject, msg.data)  # the real reason, when there is one
+            raise BadMessage("unpartitioned", f"{msg.subject} was stored without a partition (docs/partitions.md)")
+        if not self.partitioning.partitioned:
+            return Decoded(msg, *self.spec.decode(msg.subject, msg.data))
+        partition, subject = split_stored(msg.subject)
+        decoded = Decoded(msg, *self.spec.decode(subject, msg.data))
+        key_of = decoded.route.key
+        key = key_of(decoded.envelope, decoded.data) if key_of else decoded.envelope.order_id
+        owner = self.partitioning.of(key)
+        if partition != self.partition or owner != self.partition:
+            raise BadMessage("wrong_partition", f"{msg.subject}: its key {key!r} is in partition {owner}")
+        return decoded
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """The ack policy: the one place that acks, naks or terms a message."""

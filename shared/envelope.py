@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import to_json
 
+from shared.partitions import stored_subject
 from shared.subjects import ORDER_ID_PATTERN, event_subject
 
 
@@ -135,6 +136,14 @@ class Event:
     type: str
     order_id: str
     data: dict[str, Any] = field(default_factory=dict)
+    partition: int | None = None
+    """A sub-step for this partition of the emitting service itself (docs/partitions.md), published
+    on ``part.<partition>.<type>.<order_id>``; None for a saga event on ``<type>.<order_id>``."""
+
+    @property
+    def subject(self) -> str:
+        subject = event_subject(self.type, self.order_id)
+        return subject if self.partition is None else stored_subject(self.partition, subject)
 
     def to_json(self, causation_id: str | None) -> tuple[str, bytes]:
         """``(event_id, the envelope as JSON)``: the bytes ``Envelope.to_bytes`` would give (same

@@ -308,9 +308,8 @@ def durable_name(service: str, stream: Stream) -> str:
     return f"{service}-{stream.value.lower()}"
 
 
-async def ensure_consumer(js: JetStreamContext, service: str, stream: Stream, filter_subjects: Sequence[str]) -> str:
-    """Create or update the service's durable pull consumer on ``stream``; return its name."""
-    name = durable_name(service, stream)
+async def ensure_consumer(js: JetStreamContext, name: str, stream: Stream, filter_subjects: Sequence[str]) -> str:
+    """Create or update the durable pull consumer ``name`` on ``stream``; return its name."""
     config = ConsumerConfig(
         name=name,
         durable_name=name,

@@ -25,7 +25,6 @@ from shared.envelope import Event
 from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.logging import get_logger
 from shared.store import Store
-from shared.subjects import event_subject
 
 log = get_logger("outbox")
 
@@ -62,7 +61,7 @@ def from_events(events: Sequence[Event], causation_id: str | None) -> list[Outbo
     records = []
     for event in events:
         event_id, payload = event.to_json(causation_id)
-        records.append(OutboxRecord(event_id, event_subject(event.type, event.order_id), payload, event_id))
+        records.append(OutboxRecord(event_id, event.subject, payload, event_id))
     return records
 
 

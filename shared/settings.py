@@ -9,6 +9,7 @@ from typing import Literal
 
 from shared.connection import servers
 from shared.jetstream import DUPLICATE_WINDOW_S
+from shared.partitions import MAX_PARTITIONS, Partitioning
 from shared.streams import StreamSettings
 
 LogFormat = Literal["json", "console"]
@@ -134,6 +135,19 @@ class Settings:
     """``LEASE_TTL_S``: a writer's lease lapses this long after its last renewal; a standby then
     takes over. Renewed every third of it; longer than a JetStream leader election (about 5 s)."""
 
+    partitions: int = 1
+    """``PARTITIONS``: how many partitions every service's state is split into (docs/partitions.md).
+    Every service and tool of a deployment must use the same count, fixed up front: the streams
+    record it, and an instance with another count refuses to start."""
+
+    @property
+    def partitioning(self) -> Partitioning:
+        return Partitioning(self.partitions)
+
+    def unit_db_path(self, partition: int) -> Path:
+        """The SQLite file of one partition: ``<service>.sqlite3`` unpartitioned, else ``<service>.p<k>.sqlite3``."""
+        return self.data_dir / f"{self.partitioning.unit(self.service, partition)}.sqlite3"
+
     @property
     def stream_settings(self) -> StreamSettings:
         return StreamSettings(
@@ -142,11 +156,13 @@ class Settings:
             max_bytes=self.stream_max_bytes,
             dlq_max_age_s=self.dlq_max_age_s,
             dlq_max_bytes=self.dlq_max_bytes,
+            partitions=self.partitions,
         )
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / f"{self.service}.sqlite3"
+        """The file of partition 0: the service's only file when unpartitioned."""
+        return self.unit_db_path(0)
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
@@ -174,4 +190,5 @@ class Settings:
             dlq_max_age_s=_env_float("DLQ_MAX_AGE_S", cls.dlq_max_age_s, minimum=DUPLICATE_WINDOW_S),
             dlq_max_bytes=_env_bytes("DLQ_MAX_BYTES", cls.dlq_max_bytes),
             lease_ttl_s=_env_float("LEASE_TTL_S", cls.lease_ttl_s, minimum=1.0),
+            partitions=_env_int("PARTITIONS", cls.partitions, minimum=1, maximum=MAX_PARTITIONS),
         )

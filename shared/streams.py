@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from shared.aio import retrying
 from shared.jetstream import DUPLICATE_WINDOW_S
 from shared.logging import get_logger
-from shared.subjects import STREAM_SUBJECTS, Stream
+from shared.partitions import transform_dest
+from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS, STREAM_SUBJECTS, Stream
 
 log = get_logger("streams")
 
@@ -36,6 +37,9 @@ INSUFFICIENT_STORAGE = 10047  # the server reserves max_bytes up front, on every
 class StreamSetupError(Exception):
     """A stream cannot be made as configured; retrying will not help."""
 
+
+PARTITIONS_KEY = "saga.partitions"
+"""Stream metadata: the partition count the stream's subject transform splits by (absent: 1)."""
 
 APPLIED_KEY = "saga.applied"
 """Stream metadata: the tunable settings as the owning service last applied them (JSON)."""
@@ -60,6 +64,14 @@ class StreamSettings:
     max_bytes: int = 4 * 2**30
     dlq_max_age_s: float = 30 * 86_400.0
     dlq_max_bytes: int = 512 * 2**20
+    partitions: int = 1
+
+    def transform(self, stream: Stream) -> SubjectTransform | None:
+        """The transform that renames a public stream's events by partition (shared.partitions)."""
+        if self.partitions <= 1 or stream not in PUBLIC_STREAMS:
+            return None
+        domain = STREAM_SUBJECTS[stream].removesuffix(".>")
+        return SubjectTransform(src=f"{domain}.*.*", dest=transform_dest(domain, self.partitions))
 
     def tunables(self, stream: Stream) -> dict[str, Any]:
         """The tunable settings of ``stream``, in the server's units, keyed as StreamConfig names them."""
@@ -88,8 +100,32 @@ def stream_config(stream: Stream, settings: StreamSettings) -> StreamConfig:
         max_age=tunables["max_age"],
         max_bytes=tunables["max_bytes"],
         discard=DiscardPolicy(tunables["discard"]),
-        metadata={APPLIED_KEY: json.dumps(tunables, sort_keys=True)},
+        subject_transform=settings.transform(stream),
+        metadata={APPLIED_KEY: json.dumps(tunables, sort_keys=True), **_partitions_metadata(stream, settings)},
     )
+
+
+def _partitions_metadata(stream: Stream, settings: StreamSettings) -> dict[str, str]:
+    return {PARTITIONS_KEY: str(settings.partitions)} if settings.transform(stream) is not None else {}
+
+
+def stream_partitions(config: StreamConfig) -> int:
+    """The partition count a live stream was made with."""
+    raw = (config.metadata or {}).get(PARTITIONS_KEY, "1")
+    return int(raw) if raw.isdigit() else 0
+
+
+def check_partitions(config: StreamConfig, stream: Stream, settings: StreamSettings) -> None:
+    """StreamSetupError unless the live stream splits by the partition count this process has."""
+    if stream not in PUBLIC_STREAMS:
+        return
+    have = stream_partitions(config)
+    if have != settings.partitions:
+        raise StreamSetupError(
+            f"stream {stream.value} is split into {have} partition(s) ({PARTITIONS_KEY}), but PARTITIONS="
+            f"{settings.partitions}: every service and tool must use the stream's count. Changing it re-hashes"
+            ' every key; see docs/operations.md, "Choosing the partition count"'
+        )
 
 
 def _tunable_value(config: StreamConfig, name: str) -> Any:
@@ -148,16 +184,25 @@ def reconcile(current: StreamConfig, stream: Stream, settings: StreamSettings, o
             repaired.append("duplicate_window")
         if current.retention not in (None, RetentionPolicy.LIMITS):
             repaired.append("retention")
+        transform = settings.transform(stream)
+        have_transform = current.subject_transform
+        if (transform.as_dict() if transform else None) != (have_transform.as_dict() if have_transform else None):
+            repaired.append("subject_transform")
     if not owner or not (changed or repaired or raw_applied != json.dumps(new_applied, sort_keys=True)):
         return Reconciled(None, changed if owner else {}, kept, [])
     update = dataclasses.replace(current)
     for name, (_, value) in changed.items():
         setattr(update, name, DiscardPolicy(value) if name == "discard" else value)
     if repaired:
+        update.subject_transform = settings.transform(stream)
         update.subjects = subjects
         update.duplicate_window = max(current.duplicate_window or 0, DUPLICATE_WINDOW_S)
         update.retention = RetentionPolicy.LIMITS
-    update.metadata = {**(current.metadata or {}), APPLIED_KEY: json.dumps(new_applied, sort_keys=True)}
+    update.metadata = {
+        **(current.metadata or {}),
+        APPLIED_KEY: json.dumps(new_applied, sort_keys=True),
+        **_partitions_metadata(stream, settings),
+    }
     return Reconciled(update, changed, kept, repaired)
 
 
@@ -168,6 +213,8 @@ async def ensure_streams(
     no one else changed them (module docstring). Retries while the cluster cannot answer yet."""
     settings = settings or StreamSettings()
     for stream in Stream:
+        if stream in STEP_STREAMS and settings.partitions <= 1:
+            continue
         await retrying(
             functools.partial(_ensure_stream, js, stream, settings, stream in owned),
             deadline_s=START_DEADLINE_S,
@@ -196,6 +243,7 @@ async def _ensure_stream(js: JetStreamContext, stream: Stream, settings: StreamS
                     " lower STREAM_MAX_BYTES / DLQ_MAX_BYTES, or give the server more max_file_store"
                 ) from None
             raise
+    check_partitions(info.config, stream, settings)
     outcome = reconcile(info.config, stream, settings, owner)
     for name, (have, ours) in outcome.kept.items():
         # The owner keeps an operator's value; another service merely sees a stream set up otherwise.

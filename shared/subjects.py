@@ -19,6 +19,10 @@ class Stream(StrEnum):
     PAYMENTS = "PAYMENTS"
     INVENTORY = "INVENTORY"
     DLQ = "DLQ"
+    PAYMENT_STEPS = "PAYMENT_STEPS"
+    """payment_svc's own sub-steps between its partitions (only when partitioned: docs/partitions.md)."""
+    INVENTORY_STEPS = "INVENTORY_STEPS"
+    """inventory_svc's own sub-steps between its partitions (only when partitioned)."""
 
 
 STREAM_SUBJECTS: dict[Stream, str] = {
@@ -26,7 +30,15 @@ STREAM_SUBJECTS: dict[Stream, str] = {
     Stream.PAYMENTS: "payments.>",
     Stream.INVENTORY: "inventory.>",
     Stream.DLQ: "dlq.>",
+    Stream.PAYMENT_STEPS: "part.*.payment_svc.>",
+    Stream.INVENTORY_STEPS: "part.*.inventory_svc.>",
 }
+
+PUBLIC_STREAMS = (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)
+"""The streams of the saga's events, which a partitioned deployment renames by order_id."""
+
+STEP_STREAMS = (Stream.PAYMENT_STEPS, Stream.INVENTORY_STEPS)
+"""The streams of the services' sub-steps between partitions: made only when partitioned."""
 
 
 class EventType(StrEnum):

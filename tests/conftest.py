@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared.ops.harness import NatsServer
+from shared.partitions import PART_PREFIX, split_stored
 
 T = TypeVar("T")
 
@@ -68,14 +69,20 @@ def js(nc: Client) -> JetStreamContext:
 
 
 async def subject_count(js: JetStreamContext, stream: str, subject: str) -> int:
-    """How many messages ``stream`` holds on ``subject``."""
-    info = await js.stream_info(stream, subjects_filter=subject)
-    return sum((info.state.subjects or {}).values())
+    """How many messages ``stream`` holds on ``subject`` as published (stored renamed by partition or not)."""
+    total = 0
+    for stored in (subject, f"{PART_PREFIX}.*.{subject}"):
+        info = await js.stream_info(stream, subjects_filter=stored)
+        total += sum((info.state.subjects or {}).values())
+    return total
 
 
 async def last_event(js: JetStreamContext, stream: str, subject: str) -> Any:
-    """The decoded JSON body of the newest message on ``subject`` in ``stream``."""
-    msg = await js.get_last_msg(stream, subject)
+    """The decoded JSON body of the newest message on ``subject`` (as published) in ``stream``."""
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        msg = await js.get_last_msg(stream, f"{PART_PREFIX}.*.{subject}")
     assert msg.data is not None, f"{stream} {subject}: a message with no body"
     return json.loads(msg.data)
 
@@ -91,15 +98,23 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str | None
             msg = await js.get_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             continue
-        if subject is None or msg.subject == subject:
+        if subject is None or split_stored(msg.subject or "")[1] == subject:
             found.append(msg)
     return found
 
 
-async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] = ("ORDERS", "PAYMENTS", "INVENTORY")) -> bool:
-    """True when every durable consumer on ``streams`` has nothing pending or unacknowledged."""
+SAGA_STREAMS = ("ORDERS", "PAYMENTS", "INVENTORY", "PAYMENT_STEPS", "INVENTORY_STEPS")
+
+
+async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] = SAGA_STREAMS) -> bool:
+    """True when every durable consumer on ``streams`` (those that exist: the steps only when
+    partitioned) has nothing pending or unacknowledged."""
     for stream in streams:
-        for info in await js.consumers_info(stream):
+        try:
+            consumers = await js.consumers_info(stream)
+        except nats.js.errors.NotFoundError:
+            continue
+        for info in consumers:
             if info.num_pending or info.num_ack_pending:
                 return False
     return True

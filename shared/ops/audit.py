@@ -220,10 +220,11 @@ def _check_stock(snap: Snapshot) -> list[Discrepancy]:
     committed: Counter[str] = Counter()
     reserved: Counter[str] = Counter()
     for reservation in snap.reservations.values():
-        target = committed if reservation["status"] == "COMMITTED" else reserved
-        if reservation["status"] in HOLDS_STOCK:
-            for item in reservation["items"]:
-                target[item["sku"]] += item["quantity"]
+        for part in reservation.get("parts", [reservation]):
+            target = committed if part["status"] == "COMMITTED" else reserved
+            if part["status"] in HOLDS_STOCK:
+                for item in part["items"]:
+                    target[item["sku"]] += item["quantity"]
     for sku, level in snap.skus.items():
         if level["available"] + level["reserved"] != level["restocked"] - committed[sku]:
             found.append(
@@ -260,12 +261,49 @@ async def _all_pages(
             return found, reply
 
 
+async def _all_rows(nc: Client, subject: str, items_key: str, page_size: int) -> list[dict[str, Any]]:
+    """Every item behind a paged endpoint, as the pages hold them (a key may come more than once)."""
+    rows: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        reply = await request(nc, subject, {"after": after, "limit": page_size}, timeout=10)
+        rows.extend(reply[items_key])
+        after = reply["next"]
+        if after is None:
+            return rows
+
+
+def combine_parts(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Reservations by order. Partitioned, an order whose skus live in several inventory
+    partitions has a row in each (a part); its combined status is the parts' status when they
+    agree, else the one that matters most: RESERVED (stock still held), then COMMITTED, then
+    RELEASED. ``parts`` keeps the rows, for the stock counts."""
+    by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_order[row["order_id"]].append(row)
+    combined = {}
+    for order_id, parts in by_order.items():
+        if len(parts) == 1:
+            combined[order_id] = {**parts[0], "parts": parts}
+            continue
+        statuses = {part["status"] for part in parts}
+        status = next((s for s in ("RESERVED", "COMMITTED", "RELEASED") if s in statuses), parts[0]["status"])
+        combined[order_id] = {
+            "order_id": order_id,
+            "status": statuses.pop() if len(statuses) == 1 else status,
+            "reason": next((part["reason"] for part in parts if part["reason"]), None),
+            "items": [item for part in parts for item in part["items"]],
+            "parts": parts,
+        }
+    return combined
+
+
 async def collect(nc: Client, page_size: int = 500) -> Snapshot:
     """Read every record of the three services through their APIs."""
     orders, orders_reply = await _all_pages(nc, API_ORDERS_LIST, "orders", "order_id", page_size)
     payments, _ = await _all_pages(nc, API_PAYMENTS_LIST, "payments", "order_id", page_size)
     accounts, _ = await _all_pages(nc, API_PAYMENTS_ACCOUNTS, "accounts", "customer_id", page_size)
-    reservations, _ = await _all_pages(nc, API_INVENTORY_RESERVATIONS, "reservations", "order_id", page_size)
+    reservations = combine_parts(await _all_rows(nc, API_INVENTORY_RESERVATIONS, "reservations", page_size))
     skus, _ = await _all_pages(nc, API_INVENTORY_SKUS, "skus", "sku", page_size)
     return Snapshot(
         orders=orders,

@@ -39,6 +39,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER, publish_until_stored
@@ -46,8 +47,9 @@ from shared.lease import read
 from shared.ops import client
 from shared.ops.audit import audit, collect
 from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
+from shared.partitions import PART_PREFIX, Partitioning, split_stored
 from shared.settings import Settings
-from shared.subjects import Stream
+from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS, Stream
 
 DUP_HEADER = "Chaos-Dup"
 MALFORMED_HEADER = "Chaos-Malformed"
@@ -226,10 +228,20 @@ class Pause:
     """Wall-clock time of the SIGCONT (the same clock the store's writer_epochs use)."""
 
 
-async def writer_of(system: System, js: JetStreamContext, name: str) -> ServiceProcess:
-    """The instance of ``name`` that holds its lease now (the first instance if none does)."""
-    held = await read(js, name)
+async def writer_of(
+    system: System, js: JetStreamContext, name: str, rng: random.Random | None = None
+) -> ServiceProcess:
+    """The instance of ``name`` that holds its lease now, partitioned that of a partition picked at
+    random (the first instance if none does, or if the lease cannot be read: a node of the
+    cluster may be down for this very run)."""
     instances = system.instances_of(name)
+    partitioning = Partitioning(system.partitions)
+    partition = rng.randrange(partitioning.count) if rng else 0
+    try:
+        held = await read(js, partitioning.unit(name, partition))
+    except Exception as exc:
+        print(f"saga-chaos: cannot read the lease of {name} ({exc!r}); faulting its first instance", flush=True)
+        return instances[0]
     pid = held.holder.pid if held.holder else None
     return next((svc for svc in instances if svc.proc is not None and svc.proc.pid == pid), instances[0])
 
@@ -265,12 +277,12 @@ async def inject_faults(
             for svc in instances:
                 asyncio.get_running_loop().call_later(pause, functools.partial(svc.start, wait=False))
         elif fault.action == "pause":
-            svc = await writer_of(system, js, fault.target)
+            svc = await writer_of(system, js, fault.target, rng)
             if svc.proc is None or svc.proc.poll() is not None:
                 continue
             background.append(asyncio.create_task(_pause(svc, lease_ttl_s, ledger, pauses)))
         else:
-            svc = await writer_of(system, js, fault.target) if len(instances) > 1 else instances[0]
+            svc = await writer_of(system, js, fault.target, rng) if len(instances) > 1 else instances[0]
             svc.kill()
             ledger.injected[f"SIGKILLs: {fault.target}" + (" (its writer)" if len(instances) > 1 else "")] += 1
             await asyncio.sleep(rng.uniform(0.1, 1.0))
@@ -311,21 +323,26 @@ async def _pause(svc: ServiceProcess, lease_ttl_s: float, ledger: Ledger, pauses
     pauses.append(Pause(svc.name, pid, resumed_at))
 
 
+def writer_epochs(db: Path) -> list[tuple[int, int, float, int, float | None]]:
+    """(epoch, pid, acquired_at, commits, last_commit_at) of every lease epoch that wrote ``db``."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT epoch, pid, acquired_at, commits, last_commit_at FROM writer_epochs ORDER BY epoch"
+        ).fetchall()
+
+
 def stale_commits(db: Path, pauses: list[Pause]) -> tuple[int, list[str]]:
     """How many epochs wrote ``db``, and the commits made under a lease that had passed: one epoch
     committing after the next one took the file, or a paused writer committing after it resumed.
     Read from the store's writer_epochs."""
-    with sqlite3.connect(db) as conn:
-        epochs = conn.execute(
-            "SELECT epoch, pid, acquired_at, commits, last_commit_at FROM writer_epochs ORDER BY epoch"
-        ).fetchall()
+    epochs = writer_epochs(db)
     found = [
         f"{db.name}: epoch {old[0]} committed at {old[4]:.3f}, after epoch {new[0]} took the file at {new[2]:.3f}"
         for old, new in itertools.pairwise(epochs)
         if old[4] is not None and old[4] > new[2]
     ]
     for pause in pauses:
-        if db.name != f"{pause.service}.sqlite3":
+        if not db.name.startswith((f"{pause.service}.sqlite3", f"{pause.service}.p")):
             continue
         for epoch, pid, acquired_at, _, last_commit_at in epochs:
             if pid == pause.pid and acquired_at < pause.resumed_at and (last_commit_at or 0) > pause.resumed_at:
@@ -337,8 +354,12 @@ def stale_commits(db: Path, pauses: list[Pause]) -> tuple[int, list[str]]:
 
 
 async def _consumers_idle(js: JetStreamContext) -> bool:
-    for stream in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY):
-        for info in await js.consumers_info(stream.value):
+    for stream in (*PUBLIC_STREAMS, *STEP_STREAMS):
+        try:
+            consumers = await js.consumers_info(stream.value)
+        except NotFoundError:  # the steps' streams exist only partitioned
+            continue
+        for info in consumers:
             if info.num_pending or info.num_ack_pending:
                 return False
     return True
@@ -368,25 +389,34 @@ class Check:
 
 
 async def distinct_event_ids(js: JetStreamContext, stream: str) -> dict[str, set[str]]:
-    """Per subject, the distinct event_ids in the stream (copies share an event_id)."""
+    """Per subject as published, the distinct event_ids in the stream (copies share an event_id)."""
     found: dict[str, set[str]] = defaultdict(set)
-    info = await js.stream_info(stream)
-    if not info.state.messages:
-        return found
-    sub = await js.subscribe(f"{stream.lower()}.>", ordered_consumer=True)
-    try:
-        for _ in range(info.state.messages):
-            msg = await sub.next_msg(timeout=10)
-            try:
-                found[msg.subject].add(json.loads(msg.data)["event_id"])
-            except (ValueError, KeyError, TypeError):
-                continue  # malformed on purpose
-    finally:
-        await sub.unsubscribe()
+    # Partitioned, the events are stored renamed (part.<k>.<subject>); what is left is malformed.
+    for stored in (f"{stream.lower()}.>", f"{PART_PREFIX}.*.{stream.lower()}.>"):
+        info = await js.stream_info(stream, subjects_filter=stored)
+        count = sum((info.state.subjects or {}).values())
+        if not count:
+            continue
+        sub = await js.subscribe(stored, ordered_consumer=True)
+        try:
+            for _ in range(count):
+                msg = await sub.next_msg(timeout=10)
+                try:
+                    found[split_stored(msg.subject)[1]].add(json.loads(msg.data)["event_id"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # malformed on purpose
+        finally:
+            await sub.unsubscribe()
     return found
 
 
-async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause]) -> list[Check]:
+def store_files(workdir: Path, name: str) -> list[Path]:
+    """The service's SQLite files: one, or one per partition."""
+    single = workdir / f"{name}.sqlite3"
+    return [single] if single.exists() else sorted(workdir.glob(f"{name}.p*.sqlite3"))
+
+
+async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause], partitions: int = 1) -> list[Check]:
     js = nc.jetstream()
     snap = await collect(nc)
     checks: list[Check] = []
@@ -490,16 +520,47 @@ async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause])
     strays = [k for k in dead if k not in expected]
     checks.append(Check("no valid event is in the DLQ", not strays, f"{len(dead)} dead letters, {len(strays)} stray"))
 
-    per_store = [stale_commits(workdir / f"{name}.sqlite3", pauses) for name in SERVICES]
+    stores = {name: store_files(workdir, name) for name in SERVICES}
+    per_store = [stale_commits(db, pauses) for files in stores.values() for db in files]
     stale = [line for _, found in per_store for line in found]
     epochs = sum(count for count, _ in per_store)
     checks.append(
         Check(
             "no commit under a stale lease (every store's writer epochs in order)",
             not stale,
-            f"{epochs} writer epochs, {len(pauses)} paused writers, {len(stale)} stale {stale[:2]}",
+            f"{sum(map(len, stores.values()))} stores, {epochs} writer epochs, {len(pauses)} paused writers,"
+            f" {len(stale)} stale {stale[:2]}",
         )
     )
+    # An epoch is the revision of one write that took one partition's lease: were it in two files,
+    # or held by two processes, two owners would have committed under one epoch.
+    shared_epochs = []
+    for name, files in stores.items():
+        owners: dict[int, set[tuple[str, int]]] = defaultdict(set)
+        for db in files:
+            for epoch, pid, *_ in writer_epochs(db):
+                owners[epoch].add((db.name, pid))
+        shared_epochs += [f"{name} epoch {e}: {sorted(o)}" for e, o in owners.items() if len(o) > 1]
+    checks.append(
+        Check(
+            "no partition committed under two owners in one lease epoch",
+            not shared_epochs,
+            f"{len(shared_epochs)} epochs with two owners {shared_epochs[:2]}",
+        )
+    )
+    across = sum(
+        1
+        for rec in ledger.orders.values()
+        if len({Partitioning(partitions).of(item["sku"]) for item in rec["items"]}) > 1
+    )
+    if partitions > 1:
+        checks.append(
+            Check(
+                "orders across several inventory partitions were among them",
+                across > 0,
+                f"{across} orders with skus in more than one of {partitions} partitions",
+            )
+        )
 
     reconciliation = audit(snap)
     checks.append(
@@ -551,7 +612,7 @@ def print_table(ledger: Ledger, checks: list[Check], outcomes: Counter[str], tim
 async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="saga-chaos-"))
-    env = {"ORDER_TIMEOUT_S": str(args.order_timeout)}
+    env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "PARTITIONS": str(args.partitions)}
     if args.lease_ttl is not None:
         env["LEASE_TTL_S"] = str(args.lease_ttl)
     lease_ttl_s = args.lease_ttl if args.lease_ttl is not None else Settings.lease_ttl_s
@@ -562,7 +623,7 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"saga-chaos: seed {args.seed}, {args.duration:g}s at {args.rate:g} orders/s, "
         f"order timeout {args.order_timeout:g}s, nats sync {args.nats_sync or 'default'}, {topology}, "
-        f"{args.instances} instance(s) per service, workdir {workdir}"
+        f"{args.instances} instance(s) per service, {args.partitions} partition(s), workdir {workdir}"
     )
     pauses: list[Pause] = []
     ledger = Ledger()
@@ -597,7 +658,7 @@ async def run(args: argparse.Namespace) -> int:
             if svc.proc is None or svc.proc.poll() is not None:
                 svc.start(wait=False)
         settle_s = await settle(nc, ledger, deadline_s=args.settle_timeout)
-        checks = await verify(nc, ledger, workdir, pauses)
+        checks = await verify(nc, ledger, workdir, pauses, args.partitions)
         snap = await collect(nc)
         outcomes = Counter(
             f"{snap.orders[o]['status']} {snap.orders[o]['reason'] or ''}".strip()
@@ -636,6 +697,9 @@ def main(argv: list[str] | None = None) -> None:
         "--pauses",
         type=int,
         help="writers SIGSTOPped past their lease, then SIGCONTed (default 1 with --instances 2 or more)",
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="PARTITIONS of every service (default 1: unpartitioned)"
     )
     parser.add_argument("--lease-ttl", type=float, help="LEASE_TTL_S of the services (default theirs, 10 s)")
     parser.add_argument(

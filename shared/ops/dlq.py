@@ -25,7 +25,8 @@ from nats.js.errors import NotFoundError
 
 from shared.connection import connect, nats_url_from_env
 from shared.jetstream import MSG_ID_HEADER
-from shared.subjects import Stream
+from shared.partitions import split_stored
+from shared.subjects import PUBLIC_STREAMS, STREAM_SUBJECTS, Stream
 
 REPLAYED_FROM_HEADER = "Dlq-Replayed-From"
 
@@ -81,6 +82,14 @@ async def get(js: JetStreamContext, seq: int) -> DeadLetter:
     return _from_raw(await js.get_msg(Stream.DLQ.value, seq))
 
 
+def replay_subject(original: str) -> str:
+    """Where a dead letter goes back to: a saga event stored renamed by partition goes back as it
+    was published, so that its stream renames it again; a sub-step, as it was."""
+    partition, published = split_stored(original)
+    public = {STREAM_SUBJECTS[s].removesuffix(".>") for s in PUBLIC_STREAMS}
+    return published if partition is not None and published.split(".")[0] in public else original
+
+
 async def replay(js: JetStreamContext, letter: DeadLetter, keep: bool = False) -> int:
     """Publish ``letter`` back to its original subject; return the new stream sequence."""
     if not letter.original_subject:
@@ -90,7 +99,7 @@ async def replay(js: JetStreamContext, letter: DeadLetter, keep: bool = False) -
         MSG_ID_HEADER: f"dlq-replay:{letter.seq}",
         REPLAYED_FROM_HEADER: f"{Stream.DLQ.value}:{letter.seq}",
     }
-    ack = await js.publish(letter.original_subject, letter.body, headers=headers)
+    ack = await js.publish(replay_subject(letter.original_subject), letter.body, headers=headers)
     if not keep:
         await js.delete_msg(Stream.DLQ.value, letter.seq)
     return ack.seq

@@ -24,7 +24,7 @@ from shared.aio import forward, wait_event
 from shared.connection import connect, nats_url_from_env
 from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event
-from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, ensure_consumer
+from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, durable_name, ensure_consumer
 from shared.outbox import from_events
 from shared.runtime import tune_gc
 from shared.settings import Settings
@@ -82,7 +82,9 @@ def _inventory() -> Decide:
 async def relay(
     nc: Client, publisher: Publisher, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event
 ) -> None:
-    durable = await ensure_consumer(nc.jetstream(), f"floor_{name}", spec.stream, spec.filter_subjects)
+    durable = await ensure_consumer(
+        nc.jetstream(), durable_name(f"floor_{name}", spec.stream), spec.stream, spec.filter_subjects
+    )
     arrived = asyncio.Event()
     puller = Puller(nc, spec.stream.value, durable, BATCH, arrived)
     await puller.start()

@@ -6,6 +6,8 @@ from ``NATS_SERVER_BIN`` for people who have their own.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -15,9 +17,14 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.connection import connect
+from shared.lease import read as read_lease
+from shared.partitions import Partitioning
 
 SERVICES = ("order_svc", "payment_svc", "inventory_svc")
 
@@ -252,6 +259,11 @@ class ServiceProcess:
     def db_path(self) -> Path:
         return self.data_dir / f"{self.name}.sqlite3"
 
+    @property
+    def db_paths(self) -> list[Path]:
+        """Every store file of the service in its DATA_DIR: the one, or one per partition."""
+        return [self.db_path] if self.db_path.exists() else sorted(self.data_dir.glob(f"{self.name}.p*.sqlite3"))
+
     def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
         """Start the process; with ``wait``, return once it is writing (``service.started``),
         or for a later instance, writing or standing by (``lease.standing_by``)."""
@@ -354,7 +366,47 @@ class System:
         for instance in range(1, self.instances + 1):
             for name in names:
                 self.add_service(name, instance).start()
+        self.wait_partitions_owned(names)
         return self
+
+    @property
+    def partitions(self) -> int:
+        return int(self.service_env.get("PARTITIONS") or os.environ.get("PARTITIONS") or 1)
+
+    def wait_partitions_owned(self, names: tuple[str, ...] = SERVICES, timeout: float = 30.0) -> None:
+        """Return once the partitions of each service in ``names`` are all owned and spread evenly
+        over its running instances (at once unpartitioned: the first instance's start means that)."""
+        if self.partitions <= 1:
+            return
+        partitioning = Partitioning(self.partitions)
+
+        async def unsettled() -> list[str]:
+            nc = await connect(self.url, connect_timeout=2.0)
+            try:
+                js = nc.jetstream()
+                deadline = time.monotonic() + timeout
+                while True:
+                    problems = []
+                    for name in names:
+                        holders = [
+                            (await read_lease(js, partitioning.unit(name, p))).holder for p in partitioning.all()
+                        ]
+                        counts = Counter(h.instance for h in holders if h is not None)
+                        running = sum(1 for s in self.instances_of(name) if s.proc and s.proc.poll() is None)
+                        if None in holders or len(counts) < min(running, self.partitions):
+                            problems.append(f"{name}: owners {dict(counts)}, {holders.count(None)} unowned")
+                        elif max(counts.values()) - min(counts.values()) > 1:
+                            problems.append(f"{name}: uneven {dict(counts)}")
+                    if not problems or time.monotonic() > deadline:
+                        return problems
+                    await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callable from inside a running loop too
+            problems = pool.submit(asyncio.run, unsettled()).result()
+        if problems:
+            raise RuntimeError(f"partitions not settled after {timeout}s: {'; '.join(problems)}")
 
     def start_nats(self, server_port: int = 0) -> None:
         if self.nats_url is not None:

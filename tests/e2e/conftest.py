@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import nats
 import pytest
@@ -12,11 +13,18 @@ from shared.ops import client
 from shared.ops.harness import System
 from tests.conftest import poll, unique
 
+TOPOLOGIES = {
+    "one_partition": {"instances": 1, "service_env": {}},
+    "four_partitions_two_instances": {"instances": 2, "service_env": {"PARTITIONS": "4"}},
+}
+"""Every saga test runs against both: the system as it always was, and a partitioned one."""
 
-@pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """One running system shared by the tests that need no special settings (ids are per test)."""
-    running = System(tmp_path_factory.mktemp("e2e")).start()
+
+@pytest.fixture(scope="session", params=list(TOPOLOGIES))
+def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """One running system per topology, shared by the tests that need no special settings (ids are per test)."""
+    topology: dict[str, Any] = TOPOLOGIES[request.param]
+    running = System(tmp_path_factory.mktemp(f"e2e-{request.param}"), **topology).start()
     yield running
     running.stop()
 

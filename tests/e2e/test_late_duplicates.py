@@ -9,6 +9,7 @@ from nats.aio.client import Client
 
 from shared.ops import client
 from shared.ops.harness import SERVICES, System
+from shared.partitions import split_stored
 from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
@@ -29,20 +30,21 @@ async def test_replaying_a_finished_sagas_events_after_the_inboxes_forgot_them_c
 
     # Retention has passed for these orders: their inbox entries are gone.
     for name in SERVICES:
-        with sqlite3.connect(system.services[name].db_path, timeout=10) as db:
-            db.execute("DELETE FROM inbox WHERE order_id IN (?, ?)", (confirmed, cancelled))
+        for path in system.services[name].db_paths:  # every partition's file
+            with sqlite3.connect(path, timeout=10) as db:
+                db.execute("DELETE FROM inbox WHERE order_id IN (?, ?)", (confirmed, cancelled))
 
     history = [
-        m
+        (split_stored(m.subject)[1], m.data)  # as published, which the stream renames by partition again
         for order_id in (confirmed, cancelled)
         for stream in ("ORDERS", "PAYMENTS", "INVENTORY")
         for m in await stream_messages(js, stream)
         if m.subject.endswith(f".{order_id}")
     ]
     assert len(history) >= 10
-    counts_before = {m.subject: await subject_count(js, m.subject.split(".")[0].upper(), m.subject) for m in history}
-    for msg in history:
-        await js.publish(msg.subject, msg.data, headers={"Nats-Msg-Id": unique("replay")})
+    counts_before = {subject: await subject_count(js, subject.split(".")[0].upper(), subject) for subject, _ in history}
+    for subject, data in history:
+        await js.publish(subject, data, headers={"Nats-Msg-Id": unique("replay")})
     await poll(lambda: consumers_idle(js), lambda idle: idle)
 
     assert (await client.get_order(nc, confirmed))["status"] == "CONFIRMED"  # type: ignore[index]
