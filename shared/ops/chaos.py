@@ -397,7 +397,7 @@ async def distinct_event_ids(js: JetStreamContext, stream: str) -> dict[str, set
         count = sum((info.state.subjects or {}).values())
         if not count:
             continue
-        sub = await js.subscribe(stored, ordered_consumer=True)
+        sub = await js.subscribe(stored, stream=stream, ordered_consumer=True)
         try:
             for _ in range(count):
                 msg = await sub.next_msg(timeout=10)

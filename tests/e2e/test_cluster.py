@@ -1,5 +1,6 @@
 """The saga on a 3-node JetStream cluster with R3 streams: the node leading ORDERS is SIGKILLed
-under load, and nothing is lost, doubled, dead-lettered or timed out for it."""
+under load, and nothing is lost, doubled, dead-lettered or timed out for it. Unpartitioned, and
+with 4 partitions on 2 instances of each service and orders whose skus lie in two partitions."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from shared.connection import connect
 from shared.ops import client
 from shared.ops.harness import System
+from shared.partitions import Partitioning, split_stored
 from tests.conftest import poll, stream_messages, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_stock
 
@@ -25,8 +29,13 @@ def run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
 
 
-async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_nothing(tmp_path: Path) -> None:
-    system = System(tmp_path, cluster_size=3).start()  # the default ORDER_TIMEOUT_S, 30 s
+@pytest.mark.parametrize("partitions", [1, 4], ids=["one_partition", "four_partitions_two_instances"])
+async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_nothing(
+    tmp_path: Path, partitions: int
+) -> None:
+    system = System(  # the default ORDER_TIMEOUT_S, 30 s
+        tmp_path, cluster_size=3, instances=2 if partitions > 1 else 1, service_env={"PARTITIONS": str(partitions)}
+    ).start()
     assert system.cluster is not None
     nc = await connect(system.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
@@ -34,12 +43,19 @@ async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_
         for stream in ("ORDERS", "PAYMENTS", "INVENTORY", "DLQ", "KV_saga_leases", "KV_saga_stores"):
             assert (await js.stream_info(stream)).config.num_replicas == 3, stream
         customer, sku = await new_customer(nc, 1_000_000), await new_sku(nc, 1_000)
+        lines = [{"sku": sku, "quantity": 1, "unit_price_cents": 100}]
+        other_sku = sku
+        if partitions > 1:  # and a second line whose stock lives in another inventory partition
+            four = Partitioning(partitions)
+            while four.of(other_sku) == four.of(sku):
+                other_sku = await new_sku(nc, 1_000)
+            lines.append({"sku": other_sku, "quantity": 2, "unit_price_cents": 50})
         order_ids = [unique("o") for _ in range(ORDERS)]
 
         async def load() -> None:
             began = time.monotonic()
             for n, order_id in enumerate(order_ids):
-                await client.place_order(js, order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 100}])
+                await client.place_order(js, order_id, customer, lines)
                 await asyncio.sleep(max(0.0, (n + 1) / RATE - (time.monotonic() - began)))
 
         async def kill_the_leader() -> str:
@@ -56,11 +72,14 @@ async def test_killing_the_orders_leader_under_load_loses_doubles_and_times_out_
             outcomes[(order["status"], order["reason"])] += 1
         assert outcomes == {("CONFIRMED", None): ORDERS}, outcomes
         await settled_stock(nc, sku, 1_000 - ORDERS)
-        assert await client.balance(nc, customer) == 1_000_000 - 100 * ORDERS
+        total = sum(line["quantity"] * line["unit_price_cents"] for line in lines)  # type: ignore[operator]
+        if partitions > 1:
+            await settled_stock(nc, other_sku, 1_000 - 2 * ORDERS)
+        assert await client.balance(nc, customer) == 1_000_000 - total * ORDERS
 
         # Every event of every saga once in its stream: no publish retried into a second copy.
         for stream in ("ORDERS", "PAYMENTS", "INVENTORY"):
-            per_subject = Counter(m.subject for m in await stream_messages(js, stream))
+            per_subject = Counter(split_stored(m.subject)[1] for m in await stream_messages(js, stream))
             doubled = {s: n for s, n in per_subject.items() if n > 1 and s.rpartition(".")[2] in order_ids}
             assert doubled == {}, (stream, doubled)
         assert (await js.stream_info("DLQ")).state.messages == 0

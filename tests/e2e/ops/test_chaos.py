@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_fast_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "saga-chaos"
@@ -32,12 +34,17 @@ def test_fast_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert "CANCELLED timeout" in done.stdout, "the long stop must make some orders time out"
 
 
-def test_chaos_on_a_cluster_with_two_instances_of_each_service_keeps_every_invariant(tmp_path: Path) -> None:
+@pytest.mark.parametrize("partitions", ["1", "4"], ids=["one_partition", "four_partitions"])
+def test_chaos_on_a_cluster_with_two_instances_of_each_service_keeps_every_invariant(
+    tmp_path: Path, partitions: str
+) -> None:
     # A 3-node cluster with R3 streams; the node leading ORDERS SIGKILLed and restarted later;
     # each service's writer SIGKILLed (its standby takes over); a writer SIGSTOPped past its
-    # lease, then SIGCONTed. A short lease keeps the pause short.
+    # lease, then SIGCONTed. A short lease keeps the pause short. Partitioned: a partition's
+    # writer is killed or paused, the other instance takes its partitions over.
     cli = Path(sys.executable).parent / "saga-chaos"
     args = ["--cluster", "3", "--instances", "2", "--lease-ttl", "3", "--duration", "30", "--rate", "10", "--seed", "3"]
+    args += ["--partitions", partitions]
     done = subprocess.run(
         [str(cli), *args, "--workdir", str(tmp_path / "chaos")], capture_output=True, text=True, timeout=600
     )
@@ -45,6 +52,9 @@ def test_chaos_on_a_cluster_with_two_instances_of_each_service_keeps_every_invar
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "0 failed" in done.stdout
     assert "PASS  no commit under a stale lease" in done.stdout
+    if partitions != "1":
+        assert "PASS  no partition committed under two owners in one lease epoch" in done.stdout
+        assert "PASS  orders across several inventory partitions were among them" in done.stdout
     for injected in (
         "SIGKILLs: order_svc (its writer)",
         "SIGKILLs: payment_svc (its writer)",
