@@ -34,6 +34,8 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from shared.aio import sleep_unless_stopped
 from shared.connection import connect
@@ -41,7 +43,7 @@ from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.ops import client
 from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
 from shared.runtime import tune_gc
-from shared.subjects import Stream
+from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLOOR_ROLES = ("order", "payment", "inventory")
@@ -293,15 +295,29 @@ def timeline(orders: list[Order], start: float) -> list[dict[str, float]]:
     return out
 
 
-async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_size: int = 0) -> Result:
+@dataclass(frozen=True)
+class Shape:
+    """How many partitions each service's state is split into, and how many instances of each run."""
+
+    partitions: int = 1
+    instances: int = 1
+
+    @property
+    def suffix(self) -> str:
+        return "" if self == Shape() else f"-p{self.partitions}x{self.instances}"
+
+
+async def measure(
+    args: argparse.Namespace, label: str, floor: bool, cluster_size: int = 0, shape: Shape = Shape()
+) -> Result:
     """One run: the services (or the floor's relays) on one server, or on a ``cluster_size``-node
-    cluster with R3 streams."""
+    cluster with R3 streams; in ``shape``'s partitions and instances."""
     # Start on a quiet disk: the previous run's files (its stream store, its SQLite files) may
     # still be written back by the kernel, which would cost this run CPU and I/O it did not cause.
     await asyncio.to_thread(os.sync)
     workdir = Path(tempfile.mkdtemp(prefix=f"saga-bench-{label}-"))
     nats_system = System(workdir, cluster_size=cluster_size, sync_interval=args.nats_sync)
-    env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level}
+    env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level, "PARTITIONS": str(shape.partitions)}
     if cluster_size:
         env["STREAM_REPLICAS"] = str(min(cluster_size, 3))
     services: list[ServiceProcess] = []
@@ -309,24 +325,40 @@ async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_siz
     keep_workdir = True  # until the run has given a right answer: then its files are evidence
     try:
         await asyncio.to_thread(nats_system.start_nats)
+        instances = range(1, shape.instances + 1)
         if floor:
             services = [
-                ServiceProcess(f"floor-{r}", nats_system.url, workdir, env, module="shared.ops.floor", args=(r,))
+                ServiceProcess(
+                    f"floor-{r}",
+                    nats_system.url,
+                    workdir,
+                    {**env, "FLOOR_INSTANCE": str(i), "FLOOR_INSTANCES": str(shape.instances)},
+                    module="shared.ops.floor",
+                    args=(r,),
+                    instance=i,
+                )
+                for i in instances
                 for r in FLOOR_ROLES
             ]
         else:
-            services = [ServiceProcess(name, nats_system.url, workdir, env) for name in SERVICES]
+            services = [
+                ServiceProcess(name, nats_system.url, workdir, env, instance=i) for i in instances for name in SERVICES
+            ]
         for svc in services:
             svc.start(wait=False)
         for svc in services:
             await asyncio.to_thread(svc.wait_started)
+        if not floor:
+            nats_system.service_env = env
+            nats_system.services = {svc.label: svc for svc in services}
+            await asyncio.to_thread(nats_system.wait_partitions_owned)
         servers = nats_system.cluster.nodes if nats_system.cluster else [nats_system.server]
         procs = [
             Proc(f"nats {node.name}" if cluster_size else "nats-server", node.proc.pid)
             for node in servers
             if node is not None and node.proc is not None
         ]
-        procs += [Proc(s.name, s.proc.pid) for s in services if s.proc]
+        procs += [Proc(s.label, s.proc.pid) for s in services if s.proc]
         nc = await connect(nats_system.url)
         if not floor:
             await seed(nc)
@@ -341,9 +373,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_siz
         await nc.subscribe("orders.cancelled.*", cb=tracker.on_outcome)
         await nc.flush()
         js = nc.jetstream()
-        events_before = sum(
-            [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
-        )
+        events_before = await _events_stored(js)
         load_generator = Proc("load generator", os.getpid())
         for p in [*procs, load_generator]:
             p.start_counting()
@@ -364,9 +394,7 @@ async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_siz
         await bar
         usage = {p.name: p.usage(elapsed) for p in procs}
         load_usage = load_generator.usage(elapsed)
-        events_after = sum(
-            [(await js.stream_info(s.value)).state.messages for s in (Stream.ORDERS, Stream.PAYMENTS, Stream.INVENTORY)]
-        )
+        events_after = await _events_stored(js)
         latencies = sorted((o.done_at - o.published_at) * 1000 for o in orders if o.done_at)
         outcomes = Counter(o.outcome or "not finished" for o in orders)
         wrong = sum(1 for o in orders if (floor is False and o.outcome != o.expected) or (floor and not o.done_at))
@@ -394,6 +422,15 @@ async def measure(args: argparse.Namespace, label: str, floor: bool, cluster_siz
             print(f"  {label}: the stream store, SQLite files and logs are in {workdir}", file=sys.stderr)
         else:  # a 100,000-order run leaves about half a gigabyte
             await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+
+
+async def _events_stored(js: JetStreamContext) -> int:
+    """Messages in the saga's streams, the sub-steps' included (they exist only partitioned)."""
+    total = 0
+    for stream in (*PUBLIC_STREAMS, *STEP_STREAMS):
+        with contextlib.suppress(NotFoundError):
+            total += (await js.stream_info(stream.value)).state.messages
+    return total
 
 
 # --- reporting --------------------------------------------------------------------------------------
@@ -475,24 +512,48 @@ async def run(args: argparse.Namespace) -> int:
     topologies = {"single": [0], "cluster": [CLUSTER_SIZE], "both": [0, CLUSTER_SIZE]}[args.topology]
     results: list[Result] = []
     by_topology: dict[int, dict[str, Result]] = {}
+    scaled = Shape(args.partitions, args.instances)
+    shapes = [Shape()] if scaled == Shape() else [Shape(), scaled]
+    by_shape: dict[tuple[int, Shape], Result] = {}
     for size in topologies:
         suffix = f"-r{min(size, 3)}" if size else ""
         runs: dict[str, Result] = {}
-        if args.floor:
-            runs["floor"] = await measure(args, f"floor{suffix}", floor=True, cluster_size=size)
-            print_result(runs["floor"])
-        runs["saga"] = await measure(args, f"saga{suffix}", floor=False, cluster_size=size)
-        print_result(runs["saga"])
+        for shape in shapes:
+            name = "" if shape == Shape() else shape.suffix
+            if args.floor:
+                runs[f"floor{name}"] = await measure(args, f"floor{suffix}{shape.suffix}", True, size, shape)
+                print_result(runs[f"floor{name}"])
+            runs[f"saga{name}"] = await measure(args, f"saga{suffix}{shape.suffix}", False, size, shape)
+            print_result(runs[f"saga{name}"])
+            by_shape[(size, shape)] = runs[f"saga{name}"]
         results += runs.values()
         by_topology[size] = runs
     summary: dict[str, Any] = {"args": vars(args), "results": [asdict(r) for r in results]}
     ratios: dict[str, float] = {}
     if args.floor:
         for size, runs in by_topology.items():
-            name = "floor_ratio" if size == 0 else f"floor_ratio_cluster_{size}"
-            ratios[name] = runs["saga"].sagas_per_s / runs["floor"].sagas_per_s
-            where = f"on a {size}-node cluster, R3" if size else "on one server"
-            print(f"\n  saga / floor        {ratios[name]:10.3f}   (the cost of the guarantees, {where})")
+            for shape in shapes:
+                name = "" if shape == Shape() else shape.suffix
+                key = ("floor_ratio" if size == 0 else f"floor_ratio_cluster_{size}") + name.replace("-", "_")
+                ratios[key] = runs[f"saga{name}"].sagas_per_s / runs[f"floor{name}"].sagas_per_s
+                where = f"on a {size}-node cluster, R3" if size else "on one server"
+                shaped = f", {shape.partitions} partitions x {shape.instances} instances" if name else ""
+                print(f"\n  saga / floor        {ratios[key]:10.3f}   (the cost of the guarantees, {where}{shaped})")
+    if len(shapes) == 2:
+        for size in topologies:
+            base, wide = by_shape[(size, Shape())], by_shape[(size, scaled)]
+            (base_svc, base_nats), (wide_svc, wide_nats) = cpu_per_saga_ms(base), cpu_per_saga_ms(wide)
+            key = f"p{scaled.partitions}x{scaled.instances}_over_p1x1" + (f"_cluster_{size}" if size else "")
+            ratios[f"{key}_cpu_per_saga"] = (wide_svc + wide_nats) / (base_svc + base_nats)
+            ratios[f"{key}_services_cpu"] = wide_svc / base_svc
+            ratios[f"{key}_nats_cpu"] = wide_nats / base_nats
+            ratios[f"{key}_sagas_per_s"] = wide.sagas_per_s / base.sagas_per_s
+            print(
+                f"\n  {scaled.partitions} partitions x {scaled.instances} instances / 1 x 1"
+                f"{f' (cluster of {size})' if size else ''}: CPU per saga {ratios[f'{key}_cpu_per_saga']:.3f}"
+                f" (services {ratios[f'{key}_services_cpu']:.3f}, NATS {ratios[f'{key}_nats_cpu']:.3f}),"
+                f" sagas/s {ratios[f'{key}_sagas_per_s']:.3f}"
+            )
     if len(by_topology) == 2:
         single, cluster = by_topology[0]["saga"], by_topology[CLUSTER_SIZE]["saga"]
         ratios["cluster_over_single_sagas_per_s"] = cluster.sagas_per_s / single.sagas_per_s
@@ -530,6 +591,13 @@ def main(argv: list[str] | None = None) -> None:
         default="single",
         help=f"one nats-server (default), a {CLUSTER_SIZE}-node cluster with R3 streams, or both side by side",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="PARTITIONS of the services; above 1 (or with --instances), runs 1 partition x 1 instance beside it",
+    )
+    parser.add_argument("--instances", type=int, default=1, help="instances of each service (and floor relay)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats-sync", default="always", help="the server's sync_interval (default: always)")
     parser.add_argument(

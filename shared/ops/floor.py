@@ -13,6 +13,7 @@ the cost of the guarantees.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from shared.consumer import ConsumerSpec
 from shared.envelope import BadMessage, Envelope, Event
 from shared.jetstream import IDLE_WAIT_S, Publisher, Puller, durable_name, ensure_consumer
 from shared.outbox import from_events
+from shared.partitions import UNPARTITIONED, Partitioning, split_stored
 from shared.runtime import tune_gc
 from shared.settings import Settings
 from shared.streams import ensure_streams
@@ -80,11 +82,19 @@ def _inventory() -> Decide:
 
 
 async def relay(
-    nc: Client, publisher: Publisher, name: str, spec: ConsumerSpec, decide: Decide, stop: asyncio.Event
+    nc: Client,
+    publisher: Publisher,
+    name: str,
+    spec: ConsumerSpec,
+    decide: Decide,
+    stop: asyncio.Event,
+    partitioning: Partitioning = UNPARTITIONED,
+    partition: int = 0,
 ) -> None:
-    durable = await ensure_consumer(
-        nc.jetstream(), durable_name(f"floor_{name}", spec.stream), spec.stream, spec.filter_subjects
-    )
+    # Partitioned, the streams store events renamed by partition: a relay reads one partition,
+    # and each instance relays its share of them (no lease: the floor has no state to guard).
+    filters = spec.partition_filters(partitioning, partition)
+    durable = await ensure_consumer(nc.jetstream(), durable_name(f"floor_{name}", spec.stream), spec.stream, filters)
     arrived = asyncio.Event()
     puller = Puller(nc, spec.stream.value, durable, BATCH, arrived)
     await puller.start()
@@ -98,7 +108,7 @@ async def relay(
             outgoing = []
             for msg in msgs:
                 try:
-                    env, _, data = spec.decode(msg.subject, msg.data)
+                    env, _, data = spec.decode(split_stored(msg.subject)[1], msg.data)
                 except BadMessage:
                     continue
                 for record in from_events(decide(env, data), env.event_id):
@@ -126,11 +136,28 @@ async def main_async(role: str) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     nc = await connect(nats_url_from_env(), max_reconnect_attempts=-1)
     # The services' stream settings (STREAM_REPLICAS on a cluster), so both run on the same streams.
-    await ensure_streams(nc.jetstream(), Settings.from_env(f"floor-{role}").stream_settings)
+    settings = Settings.from_env(f"floor-{role}")
+    await ensure_streams(nc.jetstream(), settings.stream_settings)
     publisher = Publisher(nc)
     await publisher.start()
+    partitioning = settings.partitioning
+    instance, instances = int(os.environ.get("FLOOR_INSTANCE", "1")), int(os.environ.get("FLOOR_INSTANCES", "1"))
+    mine = [p for p in partitioning.all() if p % instances == instance - 1]
     tasks = [
-        asyncio.create_task(relay(nc, publisher, f"{role}_{i}", spec, decide, stop)) for i, spec in enumerate(specs)
+        asyncio.create_task(
+            relay(
+                nc,
+                publisher,
+                f"{role}_{i}{f'_p{p}' if partitioning.partitioned else ''}",
+                spec,
+                decide,
+                stop,
+                partitioning,
+                p,
+            )
+        )
+        for i, spec in enumerate(specs)
+        for p in mine
     ]
     print('{"event": "service.started"}', flush=True)
     await asyncio.gather(*tasks)
