@@ -12,6 +12,8 @@ from shared.subjects import EventType
 
 # Sub-steps between partitions (partitioned only; docs/partitions.md). From the order's partition
 # (its "home") to a partition holding some of its skus ("part"), and the part's answer back.
+STEPS = "inventory_svc.steps"
+"""A batch of the sub-steps below, for one partition (shared.steps)."""
 RESERVE_REQUESTED = "inventory_svc.reserve_requested"
 PART_RESERVED = "inventory_svc.part_reserved"
 PART_FAILED = "inventory_svc.part_failed"

@@ -31,6 +31,7 @@ from shared.contract import (
 from shared.envelope import Envelope, Event, EventData
 from shared.logging import get_logger
 from shared.partitions import UNPARTITIONED, Partitioning
+from shared.steps import StepBatch, apply_batch, partition_of_batch
 from shared.subjects import EventType, Stream
 
 log = get_logger("inventory_svc")
@@ -218,6 +219,7 @@ def on_release_requested(tx: sqlite3.Connection, env: Envelope, data: ReleaseReq
 
 
 def _first_sku(env: Envelope, data: PartLines) -> str:
+    """The sku whose partition a part's sub-step is for (all its lines are in that partition)."""
     return data.items[0].sku
 
 
@@ -242,13 +244,23 @@ def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
             ConsumerSpec(
                 Stream.INVENTORY_STEPS,
                 {
-                    domain.RESERVE_REQUESTED: Route(
-                        ReserveRequested, functools.partial(on_reserve_requested, p), key=_first_sku
-                    ),
-                    domain.COMMIT_REQUESTED: Route(PartLines, on_commit_requested, key=_first_sku),
-                    domain.RELEASE_REQUESTED: Route(ReleaseRequested, on_release_requested, key=_first_sku),
-                    domain.PART_RESERVED: Route(PartReserved, on_part_reserved),
-                    domain.PART_FAILED: Route(PartFailed, on_part_failed),
+                    domain.STEPS: Route(
+                        StepBatch,
+                        functools.partial(
+                            apply_batch,
+                            {
+                                domain.RESERVE_REQUESTED: (
+                                    ReserveRequested,
+                                    functools.partial(on_reserve_requested, p),
+                                ),
+                                domain.COMMIT_REQUESTED: (PartLines, on_commit_requested),
+                                domain.RELEASE_REQUESTED: (ReleaseRequested, on_release_requested),
+                                domain.PART_RESERVED: (PartReserved, on_part_reserved),
+                                domain.PART_FAILED: (PartFailed, on_part_failed),
+                            },
+                        ),
+                        key=partition_of_batch,
+                    )
                 },
             )
         )

@@ -8,6 +8,8 @@ from enum import StrEnum
 from shared.envelope import Event
 from shared.subjects import EventType
 
+STEPS = "payment_svc.steps"
+"""A batch of the sub-steps below, for one partition (shared.steps)."""
 CHARGE_REQUESTED = "payment_svc.charge_requested"
 """Sub-step (partitioned only): from the order's partition to its customer's, charge the order."""
 REFUND_REQUESTED = "payment_svc.refund_requested"

@@ -16,6 +16,7 @@ from shared.contract import Cents, CustomerId, OrderCancelled, OrderCreated, Rea
 from shared.envelope import Envelope, Event, EventData
 from shared.logging import get_logger
 from shared.partitions import UNPARTITIONED, Partitioning
+from shared.steps import StepBatch, apply_batch, partition_of_batch
 from shared.subjects import EventType, Stream
 
 log = get_logger("payment_svc")
@@ -90,10 +91,6 @@ def on_refund_requested(tx: sqlite3.Connection, env: Envelope, data: RefundReque
     return _compensate(tx, env.order_id, data.reason)
 
 
-def _customer(env: Envelope, data: ChargeRequested | RefundRequested) -> str:
-    return data.customer_id
-
-
 def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
     specs = [
         ConsumerSpec(
@@ -109,8 +106,17 @@ def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
             ConsumerSpec(
                 Stream.PAYMENT_STEPS,
                 {
-                    domain.CHARGE_REQUESTED: Route(ChargeRequested, on_charge_requested, key=_customer),
-                    domain.REFUND_REQUESTED: Route(RefundRequested, on_refund_requested, key=_customer),
+                    domain.STEPS: Route(
+                        StepBatch,
+                        functools.partial(
+                            apply_batch,
+                            {
+                                domain.CHARGE_REQUESTED: (ChargeRequested, on_charge_requested),
+                                domain.REFUND_REQUESTED: (RefundRequested, on_refund_requested),
+                            },
+                        ),
+                        key=partition_of_batch,
+                    )
                 },
             )
         )

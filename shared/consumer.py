@@ -29,8 +29,9 @@ from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, durable_name, e
 from shared.logging import about_message, get_logger
 from shared.outbox import OutboxRecord, Relay
 from shared.partitions import UNPARTITIONED, Partitioning, split_stored
+from shared.steps import batch_steps
 from shared.store import Store, is_transient_db_error, savepoint
-from shared.subjects import Stream, consumer_filters, dlq_subject
+from shared.subjects import PUBLIC_STREAMS, Stream, consumer_filters, dlq_subject
 
 log = get_logger("consumer")
 
@@ -48,8 +49,9 @@ class Route(Generic[DataT]):
 
     data_model: type[DataT]
     handler: Handler[DataT]
-    key: Callable[[Envelope, DataT], str] | None = None
-    """The key whose partition the message belongs to, partitioned; None: its order_id."""
+    key: Callable[[Envelope, DataT], str | int] | None = None
+    """Partitioned, the key whose partition the message belongs to, or that partition itself (a
+    batch of sub-steps, shared.steps); None: its order_id."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ DLQ_HEADERS = (
 )
 
 
+STORED_SUBJECT_HEADER = "Dlq-Stored-Subject"
+"""Partitioned: the subject the stream stored the message under, when not the one published."""
+
+
 def retry_delay_s(num_delivered: int) -> float:
     """Growing redelivery delay: 0.25 s, 0.5 s, 1 s, … capped at 30 s."""
     return float(min(0.25 * 2 ** max(num_delivered - 1, 0), 30.0))
@@ -205,7 +211,7 @@ class Consumer:
         decoded = Decoded(msg, *self.spec.decode(subject, msg.data))
         key_of = decoded.route.key
         key = key_of(decoded.envelope, decoded.data) if key_of else decoded.envelope.order_id
-        owner = self.partitioning.of(key)
+        owner = key if isinstance(key, int) else self.partitioning.of(key)
         if partition != self.partition or owner != self.partition:
             raise BadMessage("wrong_partition", f"{msg.subject}: its key {key!r} is in partition {owner}")
         return decoded
@@ -228,6 +234,8 @@ class Consumer:
         meta = msg.metadata
         seq = meta.sequence.stream
         original_headers = msg.headers or {}
+        # As published: a public stream stores an event renamed by partition (shared.partitions).
+        published = split_stored(msg.subject)[1] if self.spec.stream in PUBLIC_STREAMS else msg.subject
         headers = dict(
             zip(
                 DLQ_HEADERS,
@@ -236,7 +244,7 @@ class Consumer:
                     _header_safe(detail),
                     self.service,
                     self.name,
-                    msg.subject,
+                    published,
                     meta.stream,
                     str(seq),
                     original_headers.get(MSG_ID_HEADER, ""),
@@ -245,6 +253,8 @@ class Consumer:
                 strict=True,
             )
         )
+        if published != msg.subject:
+            headers[STORED_SUBJECT_HEADER] = msg.subject
         # Idempotent: a crash after this publish but before term dead-letters the same
         # message again under the same id, which the DLQ stream's duplicate window drops.
         headers[MSG_ID_HEADER] = f"{self.name}:{meta.stream}:{seq}"
@@ -374,6 +384,8 @@ class BatchLoop:
         seen = inbox.seen(tx, [item.envelope.event_id for _, item in batch])
         fresh: list[Envelope] = []
         emitted: list[OutboxRecord] = []
+        steps: list[tuple[Event, str | None]] = []  # sub-steps, sent as one batch per partition
+        last: Decoded | None = None
         for _, item in batch:
             env = item.envelope
             with about_message(env.type, env.order_id, env.event_id):
@@ -386,11 +398,18 @@ class BatchLoop:
                     continue
                 seen[env.event_id] = (env.type, env.order_id)
                 events = item.route.handler(tx, env, item.data)
-                records = outbox.from_events(events, env.event_id)
+                records = outbox.from_events([e for e in events if e.partition is None], env.event_id)
+                steps += [(e, env.event_id) for e in events if e.partition is not None]
                 log.debug("event.processed", emitted=[e.type for e in events])
                 fresh.append(env)
                 emitted.extend(records)
                 item.outcome = Processed(records)
+                last = item
+        if steps:
+            batches = outbox.from_events(batch_steps(steps), None)
+            emitted.extend(batches)
+            assert last is not None and isinstance(last.outcome, Processed)
+            last.outcome = Processed([*last.outcome.records, *batches])  # the relay sends them with the round
         inbox.record_all(tx, fresh)
         outbox.insert(tx, emitted)
 
@@ -401,7 +420,7 @@ class BatchLoop:
                 log.debug("event.duplicate_skipped")
                 return Duplicate()
             events = item.route.handler(tx, env, item.data)
-            records = outbox.add(tx, events, env.event_id)
+            records = outbox.add(tx, batch_steps([(e, env.event_id) for e in events]), env.event_id)
             log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(records)
 

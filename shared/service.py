@@ -252,6 +252,7 @@ class Instance:
                 self._ended.clear()
                 await _wait_any(self.stop, self._ended, timeout=poll_s)
         finally:
+            await self.membership.leave()  # first: the others may take what this hands over at once
             for term in self.terms.values():
                 term.end.set()
             await asyncio.gather(*(t.task for t in self.terms.values() if t.task), return_exceptions=True)

@@ -204,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         help="instances of each service on the one data dir: the first writes, the others stand by (default 1)",
     )
     parser.add_argument(
+        "--partitions",
+        type=int,
+        default=int(os.environ.get("PARTITIONS") or 1),
+        help="PARTITIONS of every service, spread over the instances (default $PARTITIONS, or 1; docs/partitions.md)",
+    )
+    parser.add_argument(
         "--nats-sync",
         default=os.environ.get("NATS_SYNC_INTERVAL", "always"),
         help="embedded server's JetStream sync_interval: 'always' (default: fsync before every ack) or a "
@@ -213,13 +219,17 @@ def main(argv: list[str] | None = None) -> None:
 
     data_dir = args.data_dir.resolve()
     if args.nats_url is None:
-        _check_topology(parser, data_dir, f"cluster-{CLUSTER_SIZE}" if args.cluster else "single")
+        nats_topology = f"cluster-{CLUSTER_SIZE}" if args.cluster else "single"
+        _check_topology(
+            parser, data_dir, nats_topology + (f", {args.partitions} partitions" if args.partitions > 1 else "")
+        )
     system = System(
         data_dir,
         nats_url=args.nats_url,
         cluster_size=CLUSTER_SIZE if args.cluster and args.nats_url is None else 0,
         instances=args.instances,
         sync_interval=args.nats_sync,
+        service_env={"PARTITIONS": str(args.partitions)},
     )
     code = 1
     try:
@@ -241,8 +251,11 @@ def main(argv: list[str] | None = None) -> None:
             for name in ("order_svc", "payment_svc", "inventory_svc"):
                 svc = system.add_service(name, instance).start()
                 role = "writer" if instance == 1 else "standby"
+                if args.partitions > 1:
+                    role = "instance"  # which partitions each owns: nats micro ls, or saga-store show
                 pid = svc.proc.pid if svc.proc else "?"
                 print(f"saga-demo: {svc.label:<16} {role:<8} pid {pid:<7} log {svc.log_path}")
+        system.wait_partitions_owned()
         code = asyncio.run(demo(system, args.once))
     except KeyboardInterrupt:
         code = 0

@@ -11,9 +11,11 @@ import shlex
 from pathlib import Path
 
 import nats
+import pytest
 
 from shared.ops import client
 from shared.ops.harness import System
+from shared.partitions import Partitioning
 from tests.conftest import consumers_idle, poll, stream_messages, subject_count
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,8 +91,12 @@ def test_every_inbound_event_type_and_request_is_documented() -> None:
     }
 
 
-async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
-    system = System(tmp_path).start()
+@pytest.mark.parametrize("partitions", [1, 4], ids=["one_partition", "four_partitions_two_instances"])
+async def test_documented_lines_run_as_documented(tmp_path: Path, partitions: int) -> None:
+    # Partitioned, every documented line works unchanged, whichever instance a request reaches.
+    system = System(
+        tmp_path, instances=1 if partitions == 1 else 2, service_env={"PARTITIONS": str(partitions)}
+    ).start()
     try:
         nc = await nats.connect(system.url)
         js = nc.jetstream()
@@ -105,7 +111,9 @@ async def test_documented_lines_run_as_documented(tmp_path: Path) -> None:
                 reply = json.loads((await nc.request(subject, body, timeout=5)).data)
                 assert "error" not in reply, (argv, reply)
             elif argv[1:3] == ["kv", "get"]:  # the lease and the registered store of a service
-                entry = await (await js.key_value(argv[3])).get(argv[4])
+                # The documented keys are a service's unpartitioned ones; partitioned, partition 0's.
+                key = Partitioning(partitions).unit(argv[4].removesuffix(".p0"), 0)
+                entry = await (await js.key_value(argv[3])).get(key)
                 assert entry.value and json.loads(entry.value)["store"], argv
 
         expected = {

@@ -1,0 +1,87 @@
+"""Sub-steps between a service's own partitions, batched: one message per partition per round.
+
+A sub-step (docs/partitions.md) is an Event with a ``partition``. Sent one message each, they
+would add a publish, a store and a delivery per order and hop: a third more messages per saga.
+But a round commits many orders at once, and its sub-steps for one partition can travel
+together. So the round's sub-steps become one ``<service>.steps`` event per destination
+partition. It is written to the outbox in the round's transaction and applied by the receiving
+partition in one transaction. That partition dedups the batch by its event id, and every
+sub-step's handler is a state machine with its barrier, so a batch sent again changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from shared.envelope import BadMessage, Envelope, Event, EventData, new_event_id, parse_data
+from shared.subjects import ORDER_ID_PATTERN
+
+STEPS = "steps"
+"""The event name of a batch: ``<service>.steps``."""
+
+MAX_STEPS = 10_000
+
+
+class Step(EventData):
+    type: Annotated[str, Field(min_length=1, max_length=128)]
+    order_id: Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)]
+    causation_id: str | None = None
+    data: dict[str, Any]
+
+
+class StepBatch(EventData):
+    partition: Annotated[int, Field(ge=0)]
+    """The partition every step of the batch is for."""
+    steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_STEPS)]
+
+
+def batch_steps(caused: Sequence[tuple[Event, str | None]]) -> list[Event]:
+    """The round's events, its sub-steps merged into one batch per (service, partition);
+    ``caused`` pairs each event with the event that caused it."""
+    saga: list[Event] = []
+    batches: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for event, cause in caused:
+        if event.partition is None:
+            saga.append(event)
+            continue
+        domain = event.type.partition(".")[0]
+        step = {"type": event.type, "order_id": event.order_id, "causation_id": cause, "data": event.data}
+        batches.setdefault((domain, event.partition), []).append(step)
+    for (domain, partition), steps in batches.items():
+        for start in range(0, len(steps), MAX_STEPS):
+            data = {"partition": partition, "steps": steps[start : start + MAX_STEPS]}
+            saga.append(Event(f"{domain}.{STEPS}", f"{STEPS}-{new_event_id()}", data, partition))
+    return saga
+
+
+StepHandler = Callable[[sqlite3.Connection, Envelope, Any], list[Event]]
+
+
+def apply_batch(
+    routes: Mapping[str, tuple[type[EventData], StepHandler]], tx: sqlite3.Connection, env: Envelope, data: StepBatch
+) -> list[Event]:
+    """Each step of the batch by its own handler, in order, in the caller's transaction."""
+    emitted: list[Event] = []
+    for n, step in enumerate(data.steps):
+        route = routes.get(step.type)
+        if route is None:
+            raise BadMessage("unroutable", f"step {n}: no handler for {step.type}")
+        model, handler = route
+        inner = Envelope(
+            event_id=f"{env.event_id}:{n}",
+            type=step.type,
+            order_id=step.order_id,
+            occurred_at=env.occurred_at,
+            causation_id=step.causation_id,
+            data=step.data,
+        )
+        emitted += handler(tx, inner, parse_data(model, inner))
+    return emitted
+
+
+def partition_of_batch(env: Envelope, data: StepBatch) -> int:
+    return data.partition
