@@ -202,15 +202,22 @@ def part_answered(dispatched: Dispatch, partition: int, failure: tuple[str, str]
 
 
 def dispatch_confirmed(dispatched: Dispatch) -> list[Event]:
-    """The order was confirmed: every part commits what it reserved (a part that reserved nothing ignores it)."""
-    if dispatched.status not in (DispatchStatus.RESERVED, DispatchStatus.DELEGATED):
+    """The order was confirmed: every part commits what it reserved (a part that reserved nothing ignores it).
+
+    Committed already, the commits go out again: the inbox drops a redelivery, so this is a
+    repair (``saga-audit --repair`` re-sends orders.confirmed), and a part commits only once."""
+    if dispatched.status not in (DispatchStatus.RESERVED, DispatchStatus.DELEGATED, DispatchStatus.COMMITTED):
         return []
     dispatched.status = DispatchStatus.COMMITTED
     return _to_parts(dispatched, COMMIT_REQUESTED, None)
 
 
 def dispatch_cancelled(dispatched: Dispatch, reason: str) -> list[Event]:
-    """The order was cancelled: every part releases what it holds, or records that it must never reserve."""
+    """The order was cancelled: every part releases what it holds, or records that it must never reserve.
+
+    Released already, the releases go out again (a repair, as for ``dispatch_confirmed``)."""
+    if dispatched.status is DispatchStatus.RELEASED:
+        return _to_parts(dispatched, RELEASE_REQUESTED, dispatched.reason or reason)
     if dispatched.status not in (DispatchStatus.PENDING, DispatchStatus.RESERVED, DispatchStatus.DELEGATED):
         return []
     dispatched.status = DispatchStatus.RELEASED

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,8 +158,3 @@ class Membership:
                 continue
             live.append(member)
         return live
-
-
-def owners(members: Iterable[Member]) -> Mapping[int, str]:
-    """Partition -> the instance that says it owns it."""
-    return {p: m.instance for m in members for p in m.owned}

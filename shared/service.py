@@ -186,7 +186,7 @@ async def _claim_units(js: JetStreamContext, settings: Settings) -> tuple[dict[i
     )
     units: dict[int, Unit] = {}
     refusals: list[str] = []
-    for partition in settings.partitioning.all():
+    for partition in settings.owned_partitions:
         key = settings.partitioning.unit(settings.service, partition)
         path = settings.unit_db_path(partition)
         try:

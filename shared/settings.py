@@ -59,6 +59,21 @@ def _env_servers(name: str, default: str) -> str:
     return raw
 
 
+def _env_partition_set(name: str) -> frozenset[int] | None:
+    """``0-3,6``: partitions 0, 1, 2, 3 and 6; unset or empty: None (all)."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    found: set[int] = set()
+    try:
+        for part in raw.split(","):
+            low, _, high = part.strip().partition("-")
+            found.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: give partitions as 0-3,6") from None
+    return frozenset(found)
+
+
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name) or default
     if raw.lower() not in {c.lower() for c in choices}:
@@ -140,6 +155,16 @@ class Settings:
     Every service and tool of a deployment must use the same count, fixed up front: the streams
     record it, and an instance with another count refuses to start."""
 
+    partition_set: frozenset[int] | None = None
+    """``PARTITION_SET`` (e.g. ``0-3`` or ``0,2``): the only partitions this instance may own; unset,
+    all. For one volume per set of partitions across hosts, as a StatefulSet gives each pod its own
+    (docs/partitions.md, "Across hosts"): only these partitions' stores are made and claimed here."""
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        """The partitions this instance may own, in order."""
+        return [p for p in self.partitioning.all() if self.partition_set is None or p in self.partition_set]
+
     @property
     def partitioning(self) -> Partitioning:
         return Partitioning(self.partitions)
@@ -167,7 +192,7 @@ class Settings:
     @classmethod
     def from_env(cls, service: str) -> Settings:
         """Read the settings of ``service`` from the environment; raise SettingsError on a bad value."""
-        return cls(
+        settings = cls(
             service=service,
             nats_url=_env_servers("NATS_URL", cls.nats_url),
             data_dir=Path(os.environ.get("DATA_DIR") or cls.data_dir),
@@ -191,4 +216,8 @@ class Settings:
             dlq_max_bytes=_env_bytes("DLQ_MAX_BYTES", cls.dlq_max_bytes),
             lease_ttl_s=_env_float("LEASE_TTL_S", cls.lease_ttl_s, minimum=1.0),
             partitions=_env_int("PARTITIONS", cls.partitions, minimum=1, maximum=MAX_PARTITIONS),
+            partition_set=_env_partition_set("PARTITION_SET"),
         )
+        if settings.partition_set is not None and not settings.owned_partitions:
+            raise SettingsError(f"PARTITION_SET={os.environ.get('PARTITION_SET')!r}: no partition below PARTITIONS")
+        return settings

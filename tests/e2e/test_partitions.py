@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from shared.connection import connect
 from shared.lease import read
 from shared.ops import client
-from shared.ops.harness import System
+from shared.ops.harness import ServiceProcess, System
 from shared.partitions import Partitioning
 from tests.conftest import poll, unique
 from tests.e2e.conftest import new_customer, new_sku
@@ -105,6 +105,43 @@ async def test_partitions_spread_move_on_a_kill_and_are_handed_over_on_join_and_
         assert time.monotonic() - stopping_at < LEASE_TTL_S
         assert await confirmed(nc, customer, sku, 8) == 8
         assert await client.balance(nc, customer) == 1_000_000 - 32
+    finally:
+        await nc.close()
+        system.stop()
+
+
+async def test_two_hosts_with_a_volume_each_own_their_partition_sets_and_run_the_saga(tmp_path: Path) -> None:
+    # As a StatefulSet would: each "host" (instance) has its own DATA_DIR and PARTITION_SET.
+    env = {"PARTITIONS": str(PARTITIONS)}
+    system = System(tmp_path / "host-a", service_env={**env, "PARTITION_SET": "0-1"})
+    system.start_nats()
+    for name in ("order_svc", "payment_svc", "inventory_svc"):
+        system.add_service(name).start()
+        other = ServiceProcess(name, system.url, tmp_path / "host-b", {**env, "PARTITION_SET": "2-3"}, instance=2)
+        system.services[other.label] = other.start()
+    system.wait_partitions_owned()
+    nc = await connect(system.url)
+    try:
+        for name in ("order_svc", "payment_svc", "inventory_svc"):
+            files_a = sorted(p.name for p in (tmp_path / "host-a").glob(f"{name}.p*.sqlite3"))
+            files_b = sorted(p.name for p in (tmp_path / "host-b").glob(f"{name}.p*.sqlite3"))
+            assert (files_a, files_b) == (
+                [f"{name}.p0.sqlite3", f"{name}.p1.sqlite3"],
+                [f"{name}.p2.sqlite3", f"{name}.p3.sqlite3"],
+            )
+        # Customers and skus in every partition: each order crosses the two hosts somewhere.
+        four = Partitioning(PARTITIONS)
+        customers = {four.of(c): c for c in (unique("cust") for _ in range(40))}
+        skus = {four.of(s): s for s in (unique("sku") for _ in range(40))}
+        assert len(customers) == len(skus) == PARTITIONS
+        for customer in customers.values():
+            await client.deposit(nc, customer, 1_000)
+        for sku in skus.values():
+            await client.restock(nc, sku, 10)
+        for customer in customers.values():
+            assert await confirmed(nc, customer, skus[0], 2) == 2
+        assert [await client.balance(nc, c) for c in customers.values()] == [998] * PARTITIONS
+        assert (await client.stock(nc, skus[0])) == {"sku": skus[0], "available": 2, "reserved": 0}
     finally:
         await nc.close()
         system.stop()

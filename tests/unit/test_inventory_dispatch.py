@@ -49,7 +49,8 @@ def test_a_cancel_releases_every_part_once_and_a_confirm_after_it_commits_nothin
         (domain.RELEASE_REQUESTED, 0, "timeout"),
         (domain.RELEASE_REQUESTED, 3, "timeout"),
     ]
-    assert domain.dispatch_cancelled(dispatched, "again") == []
+    again = domain.dispatch_cancelled(dispatched, "again")  # a repair: sent again, the parts release once
+    assert [(e.partition, e.data["reason"]) for e in again] == [(0, "timeout"), (3, "timeout")]
     assert domain.dispatch_confirmed(dispatched) == []
 
 
@@ -59,6 +60,9 @@ def test_a_confirmed_order_commits_in_every_part() -> None:
     domain.part_answered(dispatched, 3, None)
     commits = domain.dispatch_confirmed(dispatched)
     assert [(e.type, e.partition) for e in commits] == [(domain.COMMIT_REQUESTED, 0), (domain.COMMIT_REQUESTED, 3)]
+    assert dispatched.status is DispatchStatus.COMMITTED
+    assert len(domain.dispatch_confirmed(dispatched)) == 2  # a repair sends them again
+    assert domain.dispatch_cancelled(dispatched, "late") == []  # never a release after a commit
 
 
 def test_a_part_answers_its_home_unless_delegated() -> None:

@@ -86,3 +86,19 @@ def test_instances_with_other_partition_sets_do_not_count_against_each_other() -
     a = member("a", {0, 1}, range(2))
     other_host = member("b", set(), range(2, 4))
     assert decide(a, [other_host], free=[]).hand_over is None
+
+
+def test_a_partition_set_reads_ranges_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import Settings, SettingsError
+
+    monkeypatch.setenv("PARTITIONS", "8")
+    monkeypatch.setenv("PARTITION_SET", "0-2,6")
+    assert Settings.from_env("order_svc").owned_partitions == [0, 1, 2, 6]
+    monkeypatch.setenv("PARTITION_SET", "9")
+    with pytest.raises(SettingsError, match="no partition below PARTITIONS"):
+        Settings.from_env("order_svc")
+    monkeypatch.setenv("PARTITION_SET", "a-b")
+    with pytest.raises(SettingsError, match="0-3,6"):
+        Settings.from_env("order_svc")
+    monkeypatch.delenv("PARTITION_SET")
+    assert Settings.from_env("order_svc").owned_partitions == list(range(8))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import nats
+import pytest
 
 from shared.ops import client
 from shared.ops.harness import System
@@ -37,14 +38,31 @@ def saga_audit(system: System, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def inbox_delete(db: Path, order_id: str, event_type: str) -> None:
-    with sqlite3.connect(db, timeout=10) as conn:
+def holding(system: System, service: str, sql: str, *args: str) -> Path:
+    """The one store file of ``service`` (its only one, or one of its partitions') where ``sql`` finds a row."""
+    found = []
+    for db in system.services[service].db_paths:
+        with sqlite3.connect(db, timeout=10) as conn:
+            if conn.execute(sql, args).fetchone():
+                found.append(db)
+    assert len(found) == 1, (service, sql, args, found)
+    return found[0]
+
+
+def inbox_delete(system: System, service: str, order_id: str, event_type: str) -> None:
+    sql = "SELECT 1 FROM inbox WHERE order_id = ? AND event_type = ?"
+    with sqlite3.connect(holding(system, service, sql, order_id, event_type), timeout=10) as conn:
         deleted = conn.execute("DELETE FROM inbox WHERE order_id = ? AND event_type = ?", (order_id, event_type))
         assert deleted.rowcount == 1
 
 
-async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_purpose(tmp_path: Path) -> None:
-    system = System(tmp_path).start()
+@pytest.mark.parametrize("partitions", [1, 4], ids=["one_partition", "four_partitions"])
+async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_purpose(
+    tmp_path: Path, partitions: int
+) -> None:
+    # Partitioned, a row lives in the partition of its key: the reservation with its sku, the
+    # payment with its customer, the inbox entry of an order's event in the order's partition.
+    system = System(tmp_path, service_env={"PARTITIONS": str(partitions)}).start()
     try:
         nc = await nats.connect(system.url)
         js = nc.jetstream()
@@ -64,17 +82,17 @@ async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_pur
         assert "audited 3 orders" in clean.stdout and "clean" in clean.stdout
 
         # 1. inventory "lost" the commit of a confirmed order: stock back in reserved.
-        inventory_db = system.services["inventory_svc"].db_path
+        inventory_db = holding(system, "inventory_svc", "SELECT 1 FROM reservations WHERE order_id = ?", confirmed)
         with sqlite3.connect(inventory_db, timeout=10) as db:
             db.execute("UPDATE reservations SET status = 'RESERVED' WHERE order_id = ?", (confirmed,))
             db.execute("UPDATE stock SET reserved = reserved + 2 WHERE sku = ?", (sku,))
-        inbox_delete(inventory_db, confirmed, "orders.confirmed")
+        inbox_delete(system, "inventory_svc", confirmed, "orders.confirmed")
         # 2. payment "lost" the refund of a cancelled order.
-        payment_db = system.services["payment_svc"].db_path
+        payment_db = holding(system, "payment_svc", "SELECT 1 FROM payments WHERE order_id = ?", refunded)
         with sqlite3.connect(payment_db, timeout=10) as db:
             db.execute("UPDATE payments SET status = 'CHARGED', reason = NULL WHERE order_id = ?", (refunded,))
             db.execute("UPDATE accounts SET balance_cents = balance_cents - 900 WHERE customer_id = ?", (customer,))
-        inbox_delete(payment_db, refunded, "orders.cancelled")
+        inbox_delete(system, "payment_svc", refunded, "orders.cancelled")
 
         found = saga_audit(system, "--json")
         assert found.returncode == 1, found.stdout + found.stderr
