@@ -78,6 +78,8 @@ class ServiceDefinition:
     consumers: Sequence[ConsumerSpec] | Callable[[Partitioning], Sequence[ConsumerSpec]]
     """Its durable consumers; a function of the partitioning when partitions change them (sub-steps)."""
     endpoints: Callable[[ServiceContext], Sequence[Endpoint]]
+    """Its request endpoints. Partitioned, also called once with no context, to route its
+    documented subjects (``public_endpoints``): a handler may use the context, not its making."""
     background: Callable[[ServiceContext, asyncio.Event], Sequence[Coroutine[Any, Any, None]]] = field(
         default=lambda ctx, stop: ()
     )
@@ -400,7 +402,7 @@ async def _announce_router(nc: Client, definition: ServiceDefinition, settings: 
             metadata={"role": "router", "instance": holder.instance, "partitions": str(settings.partitions)},
         ),
     )
-    for endpoint in public_endpoints(definition, settings):
+    for endpoint in public_endpoints(definition):
         await micro.add_endpoint(
             name=endpoint.name, subject=endpoint.subject, handler=routed(nc, endpoint, settings.partitioning).handler
         )
@@ -408,8 +410,9 @@ async def _announce_router(nc: Client, definition: ServiceDefinition, settings: 
     return micro
 
 
-def public_endpoints(definition: ServiceDefinition, settings: Settings) -> list[Endpoint]:
-    """Every endpoint the service declares, as described (no store: for their names, subjects and routing)."""
+def public_endpoints(definition: ServiceDefinition) -> list[Endpoint]:
+    """Every endpoint the service declares, for its name, subject and routing only: made without a
+    context (a router owns no store), so their handlers are never called."""
     return [*definition.endpoints(None), _republish_endpoint(definition, None, None)]  # type: ignore[arg-type]
 
 
