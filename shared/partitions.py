@@ -84,6 +84,10 @@ class Partitioning:
         """
         return f"{service}.p{partition}" if self.partitioned else service
 
+    def file_name(self, service: str, partition: int) -> str:
+        """The SQLite file of one partition: ``<service>.sqlite3``, or ``<service>.p<k>.sqlite3``."""
+        return f"{self.unit(service, partition)}.sqlite3"
+
     def subject(self, partition: int, subject: str) -> str:
         """Where partition ``partition``'s copy of ``subject`` is stored (``subject`` itself if unpartitioned)."""
         return stored_subject(partition, subject) if self.partitioned else subject

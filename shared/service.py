@@ -471,8 +471,10 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
         await publisher.start()
         relay = Relay(store, publisher)
         ctx = ServiceContext(settings, store, relay, unit.partition)
-        consumers = [
-            Consumer(
+        specs = definition.consumers_for(partitioning)
+
+        def consumer(spec: ConsumerSpec, strays: bool = False) -> Consumer:
+            return Consumer(
                 service=settings.service,
                 spec=spec,
                 nc=nc,
@@ -480,24 +482,13 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
                 max_deliveries=settings.max_deliveries,
                 partitioning=partitioning,
                 partition=unit.partition,
+                strays=strays,
             )
-            for spec in definition.consumers_for(partitioning)
-        ]
+
+        consumers = [consumer(spec) for spec in specs]
         if partitioning.partitioned and unit.partition == 0:
             # Partition 0's owner also dead-letters what the streams' transforms left unrenamed.
-            consumers += [
-                Consumer(
-                    service=settings.service,
-                    spec=spec,
-                    nc=nc,
-                    batch_size=settings.fetch_batch,
-                    max_deliveries=settings.max_deliveries,
-                    partitioning=partitioning,
-                    strays=True,
-                )
-                for spec in definition.consumers_for(partitioning)
-                if spec.stream in PUBLIC_STREAMS
-            ]
+            consumers += [consumer(spec, strays=True) for spec in specs if spec.stream in PUBLIC_STREAMS]
         batch_loop = BatchLoop(nc, consumers, store, relay)
         await batch_loop.start()
         where = partitioning.label(unit.partition) if partitioning.partitioned else ""

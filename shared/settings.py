@@ -171,7 +171,7 @@ class Settings:
 
     def unit_db_path(self, partition: int) -> Path:
         """The SQLite file of one partition: ``<service>.sqlite3`` unpartitioned, else ``<service>.p<k>.sqlite3``."""
-        return self.data_dir / f"{self.partitioning.unit(self.service, partition)}.sqlite3"
+        return self.data_dir / self.partitioning.file_name(self.service, partition)
 
     @property
     def stream_settings(self) -> StreamSettings:

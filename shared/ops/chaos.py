@@ -46,7 +46,7 @@ from shared.jetstream import MSG_ID_HEADER, publish_until_stored
 from shared.lease import read
 from shared.ops import client
 from shared.ops.audit import audit, collect
-from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
+from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm, store_files
 from shared.partitions import PART_PREFIX, Partitioning, split_stored
 from shared.settings import Settings
 from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS, Stream
@@ -410,12 +410,6 @@ async def distinct_event_ids(js: JetStreamContext, stream: str) -> dict[str, set
     return found
 
 
-def store_files(workdir: Path, name: str) -> list[Path]:
-    """The service's SQLite files: one, or one per partition."""
-    single = workdir / f"{name}.sqlite3"
-    return [single] if single.exists() else sorted(workdir.glob(f"{name}.p*.sqlite3"))
-
-
 async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause], partitions: int = 1) -> list[Check]:
     js = nc.jetstream()
     snap = await collect(nc)
@@ -548,11 +542,8 @@ async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause],
             f"{len(shared_epochs)} epochs with two owners {shared_epochs[:2]}",
         )
     )
-    across = sum(
-        1
-        for rec in ledger.orders.values()
-        if len({Partitioning(partitions).of(item["sku"]) for item in rec["items"]}) > 1
-    )
+    partitioning = Partitioning(partitions)
+    across = sum(1 for rec in ledger.orders.values() if len({partitioning.of(i["sku"]) for i in rec["items"]}) > 1)
     if partitions > 1:
         checks.append(
             Check(

