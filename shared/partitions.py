@@ -16,6 +16,8 @@ and a strays consumer dead-letters it.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 FNV_OFFSET_32 = 0x811C9DC5
@@ -37,7 +39,14 @@ def fnv1a_32(data: bytes) -> int:
 
 def partition_of(key: str, count: int) -> int:
     """The partition of ``key`` among ``count``, exactly as the server computes it."""
-    return fnv1a_32(key.encode()) % count if count > 1 else 0
+    return _hash_of(key) % count if count > 1 else 0
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _hash_of(key: str) -> int:
+    # One order's id is hashed at each of its events and again by its handlers, a customer's and
+    # a sku's at every order: in pure Python the hash was 4-5% of a partitioned service's CPU.
+    return fnv1a_32(key.encode())
 
 
 def stored_subject(partition: int, subject: str) -> str:

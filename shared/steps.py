@@ -29,7 +29,7 @@ MAX_STEPS = 10_000
 class Step(EventData):
     type: Annotated[str, Field(min_length=1, max_length=128)]
     order_id: Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)]
-    causation_id: str | None = None
+    causation_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     data: dict[str, Any]
 
 
@@ -71,7 +71,8 @@ def apply_batch(
         if route is None:
             raise BadMessage("unroutable", f"step {n}: no handler for {step.type}")
         model, handler = route
-        inner = Envelope(
+        # The batch's validation already checked every field as Envelope would.
+        inner = Envelope.model_construct(
             event_id=f"{env.event_id}:{n}",
             type=step.type,
             order_id=step.order_id,
