@@ -142,6 +142,16 @@ def retry_delay_s(num_delivered: int) -> float:
     return float(min(0.25 * 2 ** max(num_delivered - 1, 0), 30.0))
 
 
+def consumer_durable(
+    service: str, stream: Stream, partitioning: Partitioning, partition: int, strays: bool = False
+) -> str:
+    """The durable name of a partition's (or the strays') consumer of ``stream``: what the
+    server's permissions for the service list (shared.ops.auth)."""
+    if strays:
+        return durable_name(f"{service}-strays", stream)
+    return durable_name(partitioning.unit(service, partition).replace(".", "-"), stream)
+
+
 class Consumer:
     """One durable pull consumer of a service: its pull, its decoding and its ack policy.
 
@@ -176,9 +186,7 @@ class Consumer:
 
     @property
     def durable(self) -> str:
-        if self.strays:
-            return durable_name(f"{self.service}-strays", self.spec.stream)
-        return durable_name(self.partitioning.unit(self.service, self.partition).replace(".", "-"), self.spec.stream)
+        return consumer_durable(self.service, self.spec.stream, self.partitioning, self.partition, self.strays)
 
     @property
     def filters(self) -> list[str]:

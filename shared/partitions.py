@@ -17,7 +17,6 @@ and a strays consumer dead-letters it.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 FNV_OFFSET_32 = 0x811C9DC5

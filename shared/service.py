@@ -26,7 +26,7 @@ from shared import registry
 from shared.aio import forward, retrying, sleep_unless_stopped
 from shared.api import Endpoint, RepublishRequest, json_endpoint, sum_of
 from shared.balance import Membership, decide
-from shared.connection import connect
+from shared.connection import RefusedByServer, connect, denied
 from shared.consumer import BatchLoop, Consumer, ConsumerSpec
 from shared.jetstream import Publisher
 from shared.lease import Holder, Lease, LeaseLost, ensure_buckets
@@ -110,6 +110,9 @@ def main(definition: ServiceDefinition) -> None:
         code = asyncio.run(serve(definition, settings))
     except StreamSetupError as exc:
         print(f"{definition.name}: cannot start: {exc}", file=sys.stderr)
+        code = 2
+    except RefusedByServer as exc:
+        print(f"{definition.name}: cannot connect: {exc}", file=sys.stderr)
         code = 2
     raise SystemExit(code)
 
@@ -410,6 +413,17 @@ async def _announce_router(nc: Client, definition: ServiceDefinition, settings: 
     return micro
 
 
+def unit_consumers(
+    specs: Sequence[ConsumerSpec], partitioning: Partitioning, partition: int
+) -> list[tuple[ConsumerSpec, bool]]:
+    """The consumers a partition's writer runs, each with whether it is a strays consumer."""
+    plan = [(spec, False) for spec in specs]
+    if partitioning.partitioned and partition == 0:
+        # Partition 0's owner also dead-letters what the streams' transforms left unrenamed.
+        plan += [(spec, True) for spec in specs if spec.stream in PUBLIC_STREAMS]
+    return plan
+
+
 def public_endpoints(definition: ServiceDefinition) -> list[Endpoint]:
     """Every endpoint the service declares, for its name, subject and routing only: made without a
     context (a router owns no store), so their handlers are never called."""
@@ -485,10 +499,7 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
                 strays=strays,
             )
 
-        consumers = [consumer(spec) for spec in specs]
-        if partitioning.partitioned and unit.partition == 0:
-            # Partition 0's owner also dead-letters what the streams' transforms left unrenamed.
-            consumers += [consumer(spec, strays=True) for spec in specs if spec.stream in PUBLIC_STREAMS]
+        consumers = [consumer(spec, strays) for spec, strays in unit_consumers(specs, partitioning, unit.partition)]
         batch_loop = BatchLoop(nc, consumers, store, relay)
         await batch_loop.start()
         where = partitioning.label(unit.partition) if partitioning.partitioned else ""
@@ -582,7 +593,12 @@ async def _connect(settings: Settings, stop: asyncio.Event) -> Client | None:
     """Connect, retrying forever until NATS answers or ``stop`` is set."""
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats.error", error=repr(exc))
+        if denied(exc):
+            # A publish or subscribe outside this service's permissions (shared.ops.auth): a
+            # deployment error, never retried into success, so said as loudly as it is.
+            log.error("nats.permission_denied", error=str(exc))
+        else:
+            log.warning("nats.error", error=repr(exc))
 
     async def on_disconnected() -> None:
         log.warning("nats.disconnected")
@@ -593,6 +609,7 @@ async def _connect(settings: Settings, stop: asyncio.Event) -> Client | None:
     connecting = asyncio.create_task(
         connect(
             settings.nats_url,
+            settings.credentials,
             name=settings.service,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1.0,

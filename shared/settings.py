@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shared.connection import servers
+from shared.connection import Credentials, CredentialsError, servers
 from shared.jetstream import DUPLICATE_WINDOW_S
 from shared.partitions import MAX_PARTITIONS, Partitioning
 from shared.streams import StreamSettings
@@ -72,6 +72,18 @@ def _env_partition_set(name: str) -> frozenset[int] | None:
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: give partitions as 0-3,6") from None
     return frozenset(found)
+
+
+def _env_credentials(inbox_prefix: str) -> Credentials:
+    try:
+        return Credentials.from_env(inbox_prefix=inbox_prefix)
+    except CredentialsError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def inbox_prefix_of(role: str) -> str:
+    """The private inbox prefix of a role (a service, ``client`` or ``operator``): see shared.ops.auth."""
+    return f"_INBOX_{role}"
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -155,6 +167,12 @@ class Settings:
     Every service and tool of a deployment must use the same count, fixed up front: the streams
     record it, and an instance with another count refuses to start."""
 
+    credentials: Credentials = field(default_factory=Credentials)
+    """``NATS_NKEY_SEED`` (a seed file), or ``NATS_USER`` and ``NATS_PASSWORD``, and ``NATS_TLS_CA``,
+    ``NATS_TLS_CERT``, ``NATS_TLS_KEY``: who the service is to NATS (docs/operations.md, "Trust
+    boundary"). None set: an open server. ``NATS_INBOX_PREFIX`` too: ``_INBOX_<service>`` by default,
+    the prefix ``saga-auth`` lets only this service's key subscribe to."""
+
     partition_set: frozenset[int] | None = None
     """``PARTITION_SET`` (e.g. ``0-3`` or ``0,2``): the only partitions this instance may own; unset,
     all. For one volume per set of partitions across hosts, as a StatefulSet gives each pod its own
@@ -217,6 +235,7 @@ class Settings:
             lease_ttl_s=_env_float("LEASE_TTL_S", cls.lease_ttl_s, minimum=1.0),
             partitions=_env_int("PARTITIONS", cls.partitions, minimum=1, maximum=MAX_PARTITIONS),
             partition_set=_env_partition_set("PARTITION_SET"),
+            credentials=_env_credentials(inbox_prefix_of(service)),
         )
         if settings.partition_set is not None and not settings.owned_partitions:
             raise SettingsError(f"PARTITION_SET={os.environ.get('PARTITION_SET')!r}: no partition below PARTITIONS")

@@ -22,9 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.connection import connect
+from shared.connection import Credentials, connect
 from shared.lease import read as read_lease
+from shared.ops.auth import init as auth_init
+from shared.ops.auth import seed_path
 from shared.partitions import Partitioning
+from shared.settings import inbox_prefix_of
 
 SERVICES = ("order_svc", "payment_svc", "inventory_svc")
 
@@ -107,6 +110,8 @@ class NatsServer:
     See docs/operations.md, "Durability"."""
     cluster: ClusterPlan | None = None
     """This node's name, its monitoring and route ports, and the routes to every node."""
+    include: Path | None = None
+    """A configuration file to include: ``saga-auth init``'s ``permissions.conf``."""
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +133,9 @@ class NatsServer:
     def config_text(self) -> str:
         sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
         text = f'listen: "127.0.0.1:{self.port}"\njetstream {{\n  store_dir: "{self.workdir}"{sync}\n}}\n'
+        if self.include:
+            # The server takes an include's path relative to the including file, even an absolute one.
+            text += f'include "{os.path.relpath(self.include, self.workdir)}"\n'
         if self.cluster:
             plan = self.cluster
             routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in plan.route_ports)
@@ -192,6 +200,7 @@ class NatsCluster:
     size: int = 3
     sync_interval: str | None = None
     client_ports: tuple[int, ...] = ()
+    include: Path | None = None
     """The nodes' client ports; free ones where not given."""
     nodes: list[NatsServer] = field(default_factory=list)
 
@@ -204,6 +213,7 @@ class NatsCluster:
                 port=ports[i],
                 sync_interval=self.sync_interval,
                 cluster=ClusterPlan(f"n{i + 1}", "saga", free_port(), route_ports[i], route_ports),
+                include=self.include,
             )
             for i in range(self.size)
         ]
@@ -354,9 +364,32 @@ class System:
     instances: int = 1
     """Instances of each service, all on the one DATA_DIR: the first writes, the rest stand by."""
     sync_interval: str | None = None
+    auth: bool = False
+    """Secure: ``saga-auth init`` in ``auth/``, the server with its permissions, each service
+    with its own key; the harness itself connects as ``operator``."""
     server: NatsServer | None = None
     cluster: NatsCluster | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.workdir / "auth"
+
+    def credentials(self, role: str = "operator") -> Credentials:
+        """How ``role`` connects to this system (no credentials without ``auth``)."""
+        if not self.auth:
+            return Credentials()
+        prefix = None if role == "operator" else inbox_prefix_of(role)
+        return Credentials(nkey_seed=seed_path(self.auth_dir, role), inbox_prefix=prefix)
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """The environment a process of ``role`` connects with: for a tool run as a subprocess."""
+        env = {"NATS_URL": self.url}
+        if self.auth:
+            env["NATS_NKEY_SEED"] = str(seed_path(self.auth_dir, role))
+            if role != "operator":
+                env["NATS_INBOX_PREFIX"] = inbox_prefix_of(role)
+        return env
 
     @property
     def url(self) -> str:
@@ -387,7 +420,7 @@ class System:
         partitioning = Partitioning(self.partitions)
 
         async def unsettled() -> list[str]:
-            nc = await connect(self.url, connect_timeout=2.0)
+            nc = await connect(self.url, self.credentials(), connect_timeout=2.0)
             try:
                 js = nc.jetstream()
                 deadline = time.monotonic() + timeout
@@ -417,16 +450,26 @@ class System:
     def start_nats(self, server_port: int = 0) -> None:
         if self.nats_url is not None:
             return
+        include = None
+        if self.auth:
+            auth_init(self.auth_dir, Partitioning(self.partitions))
+            include = self.auth_dir / "permissions.conf"
         if self.cluster_size:
             ports = tuple(server_port + i for i in range(self.cluster_size)) if server_port else ()
-            self.cluster = NatsCluster(self.workdir / "nats", self.cluster_size, self.sync_interval, ports).start()
+            self.cluster = NatsCluster(
+                self.workdir / "nats", self.cluster_size, self.sync_interval, ports, include=include
+            ).start()
             self.nats_url = self.cluster.url
         else:
-            self.server = NatsServer(self.workdir / "nats", port=server_port, sync_interval=self.sync_interval).start()
+            self.server = NatsServer(
+                self.workdir / "nats", port=server_port, sync_interval=self.sync_interval, include=include
+            ).start()
             self.nats_url = self.server.url
 
     def add_service(self, name: str, instance: int = 1) -> ServiceProcess:
         env = dict(self.service_env)
+        if self.auth:
+            env["NATS_NKEY_SEED"] = str(seed_path(self.auth_dir, name))
         if self.cluster_size:
             env.setdefault("STREAM_REPLICAS", str(min(self.cluster_size, 3)))
         svc = ServiceProcess(name, self.url, self.workdir, env, instance=instance)

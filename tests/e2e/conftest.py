@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 
+from shared.connection import connect
 from shared.ops import client
 from shared.ops.harness import System
 from tests.conftest import poll, unique
 
 TOPOLOGIES = {
     "one_partition": {"instances": 1, "service_env": {}},
-    "four_partitions_two_instances": {"instances": 2, "service_env": {"PARTITIONS": "4"}},
+    "four_partitions_two_instances_auth": {"instances": 2, "service_env": {"PARTITIONS": "4"}, "auth": True},
 }
-"""Every saga test runs against both: the system as it always was, and a partitioned one."""
+"""Every saga test runs against both: the system as it always was (an open server, one
+partition), and a partitioned one behind the trust boundary, each service with only its own
+permissions (shared.ops.auth); the tests themselves connect as the operator."""
 
 
 @pytest.fixture(scope="session", params=list(TOPOLOGIES))
@@ -27,11 +29,19 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     running = System(tmp_path_factory.mktemp(f"e2e-{request.param}"), **topology).start()
     yield running
     running.stop()
+    # Behind the boundary, every service did all its work with only its own permissions.
+    denied = [
+        line
+        for svc in running.services.values()
+        for line in svc.log_path.read_text().splitlines()
+        if "nats.permission_denied" in line
+    ]
+    assert not denied, denied[:3]
 
 
 @pytest.fixture
 async def nc(system: System) -> AsyncIterator[Client]:
-    conn = await nats.connect(system.url)
+    conn = await connect(system.url, system.credentials("operator"))
     yield conn
     await conn.close()
 

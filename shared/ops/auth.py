@@ -1,0 +1,238 @@
+"""``saga-auth``: the trust boundary on the bus. Who may say what, as a nats-server configuration.
+
+``saga-auth init DIR`` writes ``DIR/nats-server.conf`` (JetStream on, ``max_payload``, and
+``include permissions.conf``), ``DIR/permissions.conf`` (one nkey user per role with its
+publish and subscribe allow lists) and a seed file per role, mode 0600:
+``order_svc.nk``, ``payment_svc.nk``, ``inventory_svc.nk``, ``client.nk``, ``operator.nk``.
+Neither file fixes a port or a store directory, so ``nats-server -c DIR/nats-server.conf -p
+4222 -sd /var/lib/nats`` applies both. A cluster's node configuration includes
+``permissions.conf`` beside its own ``cluster {}`` block. Run again, it keeps the keys it finds
+(the configuration is rewritten: a new partition count needs new consumer names) unless told
+``--rotate`` (docs/operations.md, "Trust boundary").
+
+The roles, least privilege first:
+
+- each **service** publishes only the events it emits, its sub-steps, its dead letters, its
+  lease and registry entries, and the JetStream API calls for its own streams and its own
+  durable consumers (named one by one: a durable's name is one subject token, so no wildcard
+  could stop a service from pulling another's); it subscribes only to its private inbox
+  (``_INBOX_<service>``), its endpoints, micro discovery and its instances' heartbeats.
+- **client** places and cancels orders and reads one (``api.orders.get``): nothing else.
+- **operator** administers: deposits, restocks, republish, audit and repair, the DLQ tools,
+  bench and chaos. It may do anything on the bus, so its key belongs on an operator's machine,
+  never on an application host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+from shared.consumer import consumer_durable
+from shared.lease import LEASE_BUCKET, REGISTRY_BUCKET, kv_stream, kv_subject
+from shared.partitions import MAX_PARTITIONS, Partitioning
+from shared.service import ServiceDefinition, unit_consumers
+from shared.settings import inbox_prefix_of
+from shared.subjects import (
+    API_ORDERS_GET,
+    STREAM_SUBJECTS,
+    EventType,
+    Stream,
+    dlq_subject,
+)
+
+ROLES = ("order_svc", "payment_svc", "inventory_svc", "client", "operator")
+
+CLIENT_EVENTS = (EventType.ORDERS_REQUESTED, EventType.ORDERS_CANCEL_REQUESTED)
+"""What an application may say on the bus: the two requests of a customer."""
+
+MAX_PAYLOAD = 1024 * 1024
+"""Our largest message is a batch of sub-steps (shared.steps) or a dead letter that quotes one:
+well under 1 MiB. The server's default (1 MiB) is kept explicit so it is a decision."""
+
+JS_API = "$JS.API"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+
+
+def service_definitions() -> dict[str, ServiceDefinition]:
+    # Imported here: the services import shared, not the other way round at module load.
+    from inventory_svc.__main__ import INVENTORY_SERVICE
+    from order_svc.__main__ import ORDER_SERVICE
+    from payment_svc.__main__ import PAYMENT_SERVICE
+
+    return {d.name: d for d in (ORDER_SERVICE, PAYMENT_SERVICE, INVENTORY_SERVICE)}
+
+
+def emitted_events(definition: ServiceDefinition) -> list[str]:
+    """The saga events a service publishes: its domain's, less a client's requests."""
+    domain = STREAM_SUBJECTS[definition.stream].split(".")[0]
+    return [t.value for t in EventType if t.value.split(".")[0] == domain and t not in CLIENT_EVENTS]
+
+
+def service_permissions(definition: ServiceDefinition, partitioning: Partitioning) -> Permissions:
+    """Exactly what ``definition``'s processes need on the bus with ``partitioning``."""
+    name = definition.name
+    inbox = inbox_prefix_of(name)
+    durables: set[tuple[str, str]] = set()
+    for partition in partitioning.all():
+        for spec, strays in unit_consumers(definition.consumers_for(partitioning), partitioning, partition):
+            durables.add((spec.stream.value, consumer_durable(name, spec.stream, partitioning, partition, strays)))
+    units = [partitioning.unit(name, p) for p in partitioning.all()]
+    saga_streams = [s.value for s in Stream]
+    kv_streams = [kv_stream(LEASE_BUCKET), kv_stream(REGISTRY_BUCKET)]
+    owned = [s.value for s in definition.owned_streams]
+    api = f"api.{definition.api_name}"
+    publish = [
+        *(f"{event}.*" for event in emitted_events(definition)),
+        dlq_subject(name),
+        f"{JS_API}.INFO",
+        # Any service may create a stream it finds missing (start order is free), and reads
+        # every stream's and bucket's settings; it applies settings only to its own.
+        *(f"{JS_API}.STREAM.{verb}.{s}" for s in [*saga_streams, *kv_streams] for verb in ("INFO", "CREATE")),
+        *(f"{JS_API}.STREAM.UPDATE.{s}" for s in owned),
+        *(f"{JS_API}.STREAM.MSG.GET.{s}" for s in kv_streams),
+        *(f"{JS_API}.DIRECT.GET.{s}.>" for s in kv_streams),
+        *(f"{JS_API}.DIRECT.GET.{s}" for s in kv_streams),
+        *(kv_subject(bucket, unit) for bucket in (LEASE_BUCKET, REGISTRY_BUCKET) for unit in units),
+        f"saga.members.{name}",
+        # The router forwards a request to the owner of its key's partition: ``<subject>.p<k>``.
+        f"{api}.*.*",
+    ]
+    if definition.steps:
+        publish.append(STREAM_SUBJECTS[definition.steps])
+    for stream, durable in sorted(durables):
+        publish += [
+            f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}",
+            f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{JS_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"{JS_API}.CONSUMER.INFO.{stream}.{durable}",
+            f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            f"$JS.ACK.{stream}.{durable}.>",
+        ]
+    subscribe = [
+        f"{inbox}.>",
+        f"{api}.*",
+        f"{api}.*.*",
+        "$SRV.*",
+        f"$SRV.*.{definition.api_name}",
+        f"$SRV.*.{definition.api_name}.*",
+        f"saga.members.{name}",
+    ]
+    return Permissions(tuple(publish), tuple(subscribe), allow_responses=True)
+
+
+def role_permissions(partitioning: Partitioning) -> dict[str, Permissions | None]:
+    """Every role's permissions; None: no restriction (operator)."""
+    found: dict[str, Permissions | None] = {
+        name: service_permissions(d, partitioning) for name, d in service_definitions().items()
+    }
+    found["client"] = Permissions(
+        publish=(*(f"{event.value}.*" for event in CLIENT_EVENTS), API_ORDERS_GET),
+        subscribe=(f"{inbox_prefix_of('client')}.>",),
+    )
+    found["operator"] = None
+    return found
+
+
+def _quoted(subjects: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(s) for s in subjects) + "]"
+
+
+def permissions_conf(public_keys: dict[str, str], partitioning: Partitioning) -> str:
+    lines = [
+        "# Written by saga-auth init: the saga's roles and what each may publish and subscribe.",
+        f"# For PARTITIONS={partitioning.count}. Rewrite it (saga-auth init) when that changes.",
+        "authorization {",
+        "  users: [",
+    ]
+    for role, perms in role_permissions(partitioning).items():
+        lines.append(f"    # {role}")
+        if perms is None:
+            lines.append(f'    {{ nkey: "{public_keys[role]}" }}')
+            continue
+        responses = "\n        allow_responses: true" if perms.allow_responses else ""
+        lines.append(
+            f'    {{ nkey: "{public_keys[role]}"\n'
+            f"      permissions: {{\n"
+            f"        publish: {{ allow: {_quoted(perms.publish)} }}\n"
+            f"        subscribe: {{ allow: {_quoted(perms.subscribe)} }}{responses}\n"
+            f"      }}\n"
+            f"    }}"
+        )
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def server_conf() -> str:
+    return (
+        "# Written by saga-auth init. No port and no store directory here: give them on the command\n"
+        "# line (nats-server -c nats-server.conf -p 4222 -sd /var/lib/nats), or in a file that\n"
+        "# includes this one's parts.\n"
+        "jetstream: enabled\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+        "include permissions.conf\n"
+    )
+
+
+def seed_path(directory: Path, role: str) -> Path:
+    return directory / f"{role}.nk"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+
+
+def init(directory: Path, partitioning: Partitioning, rotate: bool = False) -> dict[str, str]:
+    """Write the server configuration and the roles' seeds into ``directory``; return each role's
+    public key. Existing seeds are kept unless ``rotate``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    public_keys: dict[str, str] = {}
+    for role in ROLES:
+        path = seed_path(directory, role)
+        if rotate or not path.exists():
+            _write_private(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER) + b"\n")
+        public_keys[role] = nkeys.from_seed(path.read_bytes().strip()).public_key.decode()
+    (directory / "permissions.conf").write_text(permissions_conf(public_keys, partitioning))
+    (directory / "nats-server.conf").write_text(server_conf())
+    return public_keys
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saga-auth", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    init_cmd = sub.add_parser("init", help="write DIR/nats-server.conf, DIR/permissions.conf and a seed per role")
+    init_cmd.add_argument("directory", type=Path)
+    init_cmd.add_argument(
+        "--partitions",
+        type=int,
+        default=int(os.environ.get("PARTITIONS") or 1),
+        help="the deployment's PARTITIONS: each partition's consumers are named in the permissions",
+    )
+    init_cmd.add_argument("--rotate", action="store_true", help="new keys for every role (see docs/operations.md)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.partitions <= MAX_PARTITIONS:
+        parser.error(f"--partitions must be 1..{MAX_PARTITIONS}")
+    keys = init(args.directory, Partitioning(args.partitions), rotate=args.rotate)
+    for role, key in keys.items():
+        print(f"{role:14} {key}  {seed_path(args.directory, role)}")
+    print(f"server: nats-server -c {args.directory / 'nats-server.conf'} -p 4222 -sd <store dir>", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
