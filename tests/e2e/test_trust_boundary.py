@@ -1,0 +1,239 @@
+"""The trust boundary (shared.ops.auth), tried as an outsider would: with the client's key, with
+another service's key, with a key the server does not know, and with none."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nkeys
+import pytest
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+
+from shared.connection import Credentials, RefusedByServer, connect
+from shared.ops import client
+from shared.ops.harness import ServiceProcess, System
+from shared.subjects import Stream
+from tests.conftest import poll, subject_count, unique
+from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    # Partitioned, so the partitions' durables are among what an outsider tries to pull from.
+    running = System(tmp_path_factory.mktemp("trust"), service_env={"PARTITIONS": "2"}, auth=True).start()
+    yield running
+    running.stop()
+
+
+class Refusals:
+    """What the server refused a connection, as nats-py reports it: only through ``error_cb``."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def __call__(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+
+    async def wait_for(self, what: str, subject: str) -> None:
+        needle = f'permissions violation for {what} to "{subject}"'.lower()
+        await poll(lambda: _ready(self.seen), lambda seen: any(needle in s.lower() for s in seen), timeout=5)
+
+
+async def _ready(seen: list[str]) -> list[str]:
+    return list(seen)
+
+
+@pytest.fixture
+async def operator(secure: System) -> AsyncIterator[Client]:
+    nc = await connect(secure.url, secure.credentials("operator"))
+    yield nc
+    await nc.close()
+
+
+async def as_role(secure: System, role: str) -> tuple[Client, Refusals]:
+    refusals = Refusals()
+    nc = await connect(secure.url, secure.credentials(role), error_cb=refusals)
+    return nc, refusals
+
+
+async def confirmed_order(operator: Client, secure: System) -> tuple[str, str, str]:
+    """A customer with 10,000 cents, a sku with 10, and an order of 2 at 1,000 confirmed:
+    placed with the client's key, as an application would."""
+    customer, sku = await new_customer(operator, 10_000), await new_sku(operator, 10)
+    app, _ = await as_role(secure, "client")
+    try:
+        order_id = unique("o")
+        await client.place_order(
+            app.jetstream(), order_id, customer, [{"sku": sku, "quantity": 2, "unit_price_cents": 1000}]
+        )
+        assert (await client.wait_until_terminal(app, order_id))["status"] == "CONFIRMED"  # read with api.orders.get
+    finally:
+        await app.close()
+    await settled_balance(operator, customer, 8_000)
+    await settled_stock(operator, sku, 8)
+    return order_id, customer, sku
+
+
+def forged(event_type: str, order_id: str, data: dict[str, object]) -> bytes:
+    return client.envelope_bytes(event_type, order_id, data)
+
+
+async def test_the_client_key_cannot_forge_a_services_event_and_nothing_changes(
+    operator: Client, secure: System
+) -> None:
+    order_id, customer, sku = await confirmed_order(operator, secure)
+    pending = unique("o")  # an order no one has placed
+    app, refusals = await as_role(secure, "client")
+    try:
+        forgeries = {
+            # The refund of a confirmed order, the goods kept.
+            f"orders.cancelled.{order_id}": forged("orders.cancelled", order_id, {"reason": "forged"}),
+            # A payment that was never made, and a reservation no one checked.
+            f"payments.completed.{pending}": forged(
+                "payments.completed", pending, {"customer_id": customer, "amount_cents": 1}
+            ),
+            f"inventory.reserved.{pending}": forged("inventory.reserved", pending, {}),
+        }
+        for subject, body in forgeries.items():
+            await app.publish(subject, body, headers={"Nats-Msg-Id": unique("forged")})
+            await refusals.wait_for("publish", subject)
+    finally:
+        await app.close()
+    js = operator.jetstream()
+    for subject in forgeries:
+        assert await subject_count(js, subject.split(".")[0].upper(), subject) == 0, subject
+    assert (await client.get_order(operator, order_id))["status"] == "CONFIRMED"  # type: ignore[index]
+    assert await client.get_order(operator, pending) is None
+    assert await client.balance(operator, customer) == 8_000
+    assert await client.stock(operator, sku) == {"sku": sku, "available": 8, "reserved": 0}
+
+
+async def test_the_client_key_cannot_make_money_republish_or_list(operator: Client, secure: System) -> None:
+    customer = await new_customer(operator, 500)
+    app, refusals = await as_role(secure, "client")
+    try:
+        for subject, body in [
+            ("api.payments.deposit", {"customer_id": customer, "amount_cents": 1_000_000}),
+            ("api.inventory.restock", {"sku": unique("sku"), "quantity": 1_000}),
+            ("api.orders.republish", {}),
+            ("api.payments.list", {}),
+            ("api.orders.list", {}),
+        ]:
+            with pytest.raises(NatsTimeout):
+                await app.request(subject, json.dumps(body).encode(), timeout=1)
+            await refusals.wait_for("publish", subject)
+    finally:
+        await app.close()
+    assert await client.balance(operator, customer) == 500
+
+
+async def test_the_client_key_cannot_read_the_bus_pull_a_durable_or_delete_a_stream(
+    operator: Client, secure: System
+) -> None:
+    app, refusals = await as_role(secure, "client")
+    try:
+        await app.subscribe(">")
+        await refusals.wait_for("subscription", ">")
+        await app.subscribe("_INBOX.>")  # the operator's replies: balances, audits
+        await refusals.wait_for("subscription", "_INBOX.>")
+        durable = "payment_svc-p0-orders"
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{durable}"
+        await app.publish(pull, b'{"batch": 100}', reply=app.new_inbox())
+        await refusals.wait_for("publish", pull)
+        ack = f"$JS.ACK.ORDERS.{durable}.1.1.1.0.0"
+        await app.publish(ack, b"+ACK")
+        await refusals.wait_for("publish", ack)
+        with pytest.raises(NatsTimeout):
+            await app.jetstream().delete_stream("ORDERS")
+        await refusals.wait_for("publish", "$JS.API.STREAM.DELETE.ORDERS")
+    finally:
+        await app.close()
+    js = operator.jetstream()
+    assert (await js.stream_info(Stream.ORDERS.value)).config.name == "ORDERS"
+    # Nothing was taken from the saga's consumers: an order still runs through.
+    await confirmed_order(operator, secure)
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [
+        ("payment_svc", "inventory.reserved.{id}"),
+        ("payment_svc", "orders.confirmed.{id}"),
+        ("inventory_svc", "payments.completed.{id}"),
+        ("order_svc", "payments.refunded.{id}"),
+        ("order_svc", "orders.requested.{id}"),  # a client's request, not order_svc's event
+        ("inventory_svc", "dlq.payment_svc"),
+    ],
+)
+async def test_a_service_key_may_say_only_its_own_events(
+    operator: Client, secure: System, role: str, subject: str
+) -> None:
+    subject = subject.format(id=unique("o"))
+    nc, refusals = await as_role(secure, role)
+    try:
+        await nc.publish(subject, b"{}")
+        await refusals.wait_for("publish", subject)
+    finally:
+        await nc.close()
+    assert await subject_count(operator.jetstream(), subject.split(".")[0].upper(), subject) == 0
+
+
+async def test_a_service_key_cannot_pull_another_services_durable(secure: System) -> None:
+    nc, refusals = await as_role(secure, "inventory_svc")
+    try:
+        pull = "$JS.API.CONSUMER.MSG.NEXT.ORDERS.payment_svc-p1-orders"
+        await nc.publish(pull, b'{"batch": 1}', reply=nc.new_inbox())
+        await refusals.wait_for("publish", pull)
+        await nc.subscribe("_INBOX_payment_svc.>")
+        await refusals.wait_for("subscription", "_INBOX_payment_svc.>")
+    finally:
+        await nc.close()
+
+
+def unknown_seed(tmp_path: Path) -> Path:
+    path = tmp_path / "stranger.nk"
+    path.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    return path
+
+
+async def test_a_wrong_or_missing_key_is_refused_with_a_clear_error(secure: System, tmp_path: Path) -> None:
+    with pytest.raises(RefusedByServer, match="refused the credentials"):
+        await connect(secure.url, Credentials(nkey_seed=unknown_seed(tmp_path)), connect_timeout=2)
+    with pytest.raises(RefusedByServer, match="no credentials: the server refused"):
+        await connect(secure.url, Credentials(), connect_timeout=2)
+
+
+@pytest.mark.parametrize("seed", ["unknown", "not_a_seed"])
+def test_a_service_that_cannot_authenticate_exits_non_zero_with_one_line(
+    secure: System, tmp_path: Path, seed: str
+) -> None:
+    if seed == "unknown":
+        path, expected = unknown_seed(tmp_path), "payment_svc: cannot connect: "
+    else:
+        path = tmp_path / "garbage.nk"
+        path.write_text("not a seed\n")
+        expected = "payment_svc: bad setting: NATS_NKEY_SEED="
+    svc = ServiceProcess(
+        "payment_svc", secure.url, tmp_path / "data", {"NATS_NKEY_SEED": str(path), "PARTITIONS": "2"}
+    ).start(wait=False)
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=20) == 2
+    lines = [line for line in svc.log_path.read_text().splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert "Traceback" not in svc.log_path.read_text()
+
+
+async def test_documented_roles_can_do_their_jobs_and_no_more_on_a_second_connection(secure: System) -> None:
+    # The client reads its order, and only with its private inbox prefix.
+    nc, refusals = await as_role(secure, "client")
+    try:
+        assert await client.get_order(nc, unique("o")) is None
+    finally:
+        await nc.close()
+    assert not refusals.seen
