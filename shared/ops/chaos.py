@@ -153,14 +153,21 @@ def malformed_message(rng: random.Random, n: int) -> tuple[str, bytes, str]:
     return f"{event_type}.{order_id}", json.dumps({**good, "data": bad_data}).encode(), "invalid_data"
 
 
-async def drive_load(js: JetStreamContext, ledger: Ledger, rng: random.Random, duration: float, rate: float) -> None:
+async def drive_load(
+    js: JetStreamContext, garbage_js: JetStreamContext, ledger: Ledger, rng: random.Random, duration: float, rate: float
+) -> None:
+    """Orders through ``js``; malformed messages through ``garbage_js``: behind the boundary a
+    client's key cannot publish a wrong-shaped subject at all, so the operator's does, to prove
+    that what gets in anyway is dead-lettered."""
     kinds = ["confirm"] * 55 + ["funds"] * 12 + ["stock"] * 12 + ["cancel"] * 12 + ["stranger"] * 7
     started = time.monotonic()
     n = 0
     while (elapsed := time.monotonic() - started) < duration:
         if rng.random() < 0.02 * 3:  # ~2% of all events: each order makes about three
             subject, body, reason = malformed_message(rng, len(ledger.malformed))
-            seq = await _publish(js, ledger, subject, body, {MALFORMED_HEADER: reason, MSG_ID_HEADER: uuid.uuid4().hex})
+            seq = await _publish(
+                garbage_js, ledger, subject, body, {MALFORMED_HEADER: reason, MSG_ID_HEADER: uuid.uuid4().hex}
+            )
             event_type = ".".join(subject.split(".")[:2])
             ledger.malformed.append(Malformed(subject, body, reason, seq, CONSUMERS_OF[event_type]))
             ledger.injected["malformed messages"] += 1
@@ -445,6 +452,13 @@ async def verify(nc: Client, ledger: Ledger, workdir: Path, pauses: list[Pause],
     )
     negative = [c for c, a in snap.accounts.items() if a["balance_cents"] < 0]
     checks.append(Check("no balance below zero", not negative, f"{len(negative)} negative"))
+    refused = [
+        f"{log.stem}: {line[:160]}"
+        for log in sorted((workdir / "logs").glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "nats.permission_denied" in line
+    ]
+    checks.append(Check("no service was refused a permission", not refused, f"{len(refused)} refusals {refused[:2]}"))
 
     payments = await distinct_event_ids(js, Stream.PAYMENTS.value)
     twice = sorted(
@@ -608,13 +622,19 @@ async def run(args: argparse.Namespace) -> int:
         env["LEASE_TTL_S"] = str(args.lease_ttl)
     lease_ttl_s = args.lease_ttl if args.lease_ttl is not None else Settings.lease_ttl_s
     system = System(
-        workdir, service_env=env, cluster_size=args.cluster, instances=args.instances, sync_interval=args.nats_sync
+        workdir,
+        service_env=env,
+        cluster_size=args.cluster,
+        instances=args.instances,
+        sync_interval=args.nats_sync,
+        auth=args.auth,
     )
     topology = f"{args.cluster}-node cluster" if args.cluster else "one nats-server"
     print(
         f"saga-chaos: seed {args.seed}, {args.duration:g}s at {args.rate:g} orders/s, "
         f"order timeout {args.order_timeout:g}s, nats sync {args.nats_sync or 'default'}, {topology}, "
-        f"{args.instances} instance(s) per service, {args.partitions} partition(s), workdir {workdir}"
+        f"{args.instances} instance(s) per service, {args.partitions} partition(s), "
+        f"{'behind saga-auth' if args.auth else 'an open server'}, workdir {workdir}"
     )
     pauses: list[Pause] = []
     ledger = Ledger()
@@ -623,16 +643,21 @@ async def run(args: argparse.Namespace) -> int:
         pass
 
     nc: Client | None = None
+    app: Client | None = None
     try:
         await asyncio.to_thread(system.start)
-        nc = await connect(system.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
+        reconnecting = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+        # The checks, faults, duplicates and garbage need the operator; orders come from an
+        # application's key, as they would in production (shared.ops.auth).
+        nc = await connect(system.url, system.credentials("operator"), error_cb=quiet, **reconnecting)
+        app = await connect(system.url, system.credentials("client"), error_cb=quiet, **reconnecting)
         await seed(nc, ledger)
         await Duplicator(nc, ledger, random.Random(rng.random())).start()
         pause_count = args.pauses if args.pauses is not None else (1 if args.instances > 1 else 0)
         faults = plan_faults(rng, args.duration, args.kills, args.order_timeout, pause_count)
         began = time.monotonic()
         await asyncio.gather(
-            drive_load(nc.jetstream(), ledger, random.Random(rng.random()), args.duration, args.rate),
+            drive_load(app.jetstream(), nc.jetstream(), ledger, random.Random(rng.random()), args.duration, args.rate),
             inject_faults(
                 system,
                 faults,
@@ -659,8 +684,9 @@ async def run(args: argparse.Namespace) -> int:
         print_table(ledger, checks, outcomes, {"load and faults": load_s, "settling": settle_s})
         return 0 if all(c.ok for c in checks) else 1
     finally:
-        if nc is not None:
-            await nc.close()
+        for conn in (app, nc):
+            if conn is not None:
+                await conn.close()
         await asyncio.to_thread(system.stop)
 
 
@@ -693,6 +719,11 @@ def main(argv: list[str] | None = None) -> None:
         "--partitions", type=int, default=1, help="PARTITIONS of every service (default 1: unpartitioned)"
     )
     parser.add_argument("--lease-ttl", type=float, help="LEASE_TTL_S of the services (default theirs, 10 s)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="behind saga-auth: each service with its own key, orders placed with the client's",
+    )
     parser.add_argument(
         "--workdir", help="an empty or new folder for the store, SQLite files and logs (default: a temp dir)"
     )

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 
-def test_fast_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
+def test_fast_chaos_run_behind_the_trust_boundary_keeps_every_invariant(tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "saga-chaos"
     done = subprocess.run(
-        [str(cli), "--duration", "30", "--rate", "12", "--seed", "7", "--workdir", str(tmp_path / "chaos")],
+        [str(cli), "--duration", "30", "--rate", "12", "--seed", "7", "--auth", "--workdir", str(tmp_path / "chaos")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -21,6 +21,7 @@ def test_fast_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     print(done.stdout)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "0 failed" in done.stdout
+    assert "behind saga-auth" in done.stdout
     for injected in (
         "SIGKILLs: order_svc",
         "SIGKILLs: payment_svc",
@@ -45,6 +46,8 @@ def test_chaos_on_a_cluster_with_two_instances_of_each_service_keeps_every_invar
     cli = Path(sys.executable).parent / "saga-chaos"
     args = ["--cluster", "3", "--instances", "2", "--lease-ttl", "3", "--duration", "30", "--rate", "10", "--seed", "3"]
     args += ["--partitions", partitions]
+    if partitions != "1":
+        args.append("--auth")  # the partitions' consumers, leases and hand-overs within their permissions
     done = subprocess.run(
         [str(cli), *args, "--workdir", str(tmp_path / "chaos")], capture_output=True, text=True, timeout=600
     )
