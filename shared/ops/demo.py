@@ -21,7 +21,9 @@ from nats.aio.client import Client
 from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER
 from shared.ops import client
+from shared.ops.auth import seed_path
 from shared.ops.harness import System, port_is_free
+from shared.settings import inbox_prefix_of
 
 DEFAULT_PORT = 4222
 CLUSTER_SIZE = 3
@@ -130,17 +132,27 @@ async def report(nc: Client) -> None:
     print(f"\n  balances: {balances}\n  stock:    {stock}")
 
 
-def print_try_it(url: str) -> None:
+def print_try_it(system: System) -> None:
+    url = system.url
+    app = op = req = f"nats -s {url}"
+    if system.auth:
+        app = f"{app} --nkey {seed_path(system.auth_dir, 'client')}"
+        req = f"{app} --inbox-prefix {inbox_prefix_of('client')}"
+        op = f"{op} --nkey {seed_path(system.auth_dir, 'operator')}"
+        print(
+            f"\nThe server admits only saga-auth's keys ({system.auth_dir}): client.nk places, cancels and"
+            ' reads orders; operator.nk does the rest (docs/operations.md, "Trust boundary").'
+        )
     print(
         f"""
 Try it with the nats CLI (docs/events.md has every message):
-  nats -s {url} pub orders.requested.my-order-1 -H Nats-Msg-Id:evt-my-1 \\
+  {app} pub orders.requested.my-order-1 -H Nats-Msg-Id:evt-my-1 \\
     '{{"event_id":"evt-my-1","type":"orders.requested","order_id":"my-order-1","data":{{"customer_id":"alice","items":[{{"sku":"widget","quantity":1,"unit_price_cents":1250}}]}}}}'
-  nats -s {url} req api.orders.get '{{"order_id":"my-order-1"}}'
-  nats -s {url} pub orders.cancel_requested.my-order-1 -H Nats-Msg-Id:evt-my-1-cancel \\
+  {req} req api.orders.get '{{"order_id":"my-order-1"}}'
+  {app} pub orders.cancel_requested.my-order-1 -H Nats-Msg-Id:evt-my-1-cancel \\
     '{{"event_id":"evt-my-1-cancel","type":"orders.cancel_requested","order_id":"my-order-1","data":{{}}}}'
-  nats -s {url} sub '*.*.my-order-1'      # one order's whole history
-  nats -s {url} micro ls"""
+  {op} sub '*.*.my-order-1'      # one order's whole history
+  {op} micro ls"""
     )
 
 
@@ -157,19 +169,22 @@ def _check_topology(parser: argparse.ArgumentParser, data_dir: Path, topology: s
 
 
 async def demo(system: System, once: bool) -> int:
-    nc = await connect(system.url)
+    # Accounts and stock are the operator's to change; orders come from an application's key.
+    nc = await connect(system.url, system.credentials("operator") if system.auth else None)
+    app = await connect(system.url, system.credentials("client") if system.auth else None)
     try:
         await seed(nc)
-        ok = await run_orders(nc)
+        ok = await run_orders(app)
         await report(nc)
     finally:
+        await app.close()
         await nc.close()
     if not ok:
         print("\nsaga-demo: some outcomes were not the expected ones; see the logs above.", file=sys.stderr)
         return 1
     if once:
         return 0
-    print_try_it(system.url)
+    print_try_it(system)
     print("\nRunning. Press Ctrl-C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,6 +207,16 @@ def main(argv: list[str] | None = None) -> None:
         help=f"embedded server port (default {DEFAULT_PORT}; a free one if that is taken)",
     )
     parser.add_argument("--once", action="store_true", help="exit after the demo orders instead of waiting for Ctrl-C")
+    parser.add_argument(
+        "--auth-dir",
+        type=Path,
+        help="with --nats-url: the saga-auth directory whose keys that server admits (one per service and role)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="an open embedded server, no keys (default: saga-auth's keys in DATA_DIR/auth, one per role)",
+    )
     parser.add_argument(
         "--cluster",
         action="store_true",
@@ -230,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         instances=args.instances,
         sync_interval=args.nats_sync,
         service_env={"PARTITIONS": str(args.partitions)},
+        # Secure by default; a server of the user's own (--nats-url) has its own users, and
+        # the services and tools take theirs from NATS_NKEY_SEED and the rest.
+        auth=(args.nats_url is None and not args.insecure) or args.auth_dir is not None,
+        keys=args.auth_dir,
     )
     code = 1
     try:
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"saga-demo: nats-server with JetStream at {system.url} "
                     f"(store {system.server.workdir}, sync {args.nats_sync})"
                 )
+        if system.auth:
+            print(f"saga-demo: behind saga-auth: one key per service and role in {system.auth_dir}")
         for instance in range(1, args.instances + 1):
             for name in ("order_svc", "payment_svc", "inventory_svc"):
                 svc = system.add_service(name, instance).start()

@@ -367,13 +367,15 @@ class System:
     auth: bool = False
     """Secure: ``saga-auth init`` in ``auth/``, the server with its permissions, each service
     with its own key; the harness itself connects as ``operator``."""
+    keys: Path | None = None
+    """With ``auth``, the saga-auth directory to use instead of ``auth/``: that of ``nats_url``'s server."""
     server: NatsServer | None = None
     cluster: NatsCluster | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
     def auth_dir(self) -> Path:
-        return self.workdir / "auth"
+        return self.keys or self.workdir / "auth"
 
     def credentials(self, role: str = "operator") -> Credentials:
         """How ``role`` connects to this system (no credentials without ``auth``)."""

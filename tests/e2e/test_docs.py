@@ -1,19 +1,24 @@
 """Every ``nats`` line of docs/events.md, sent byte for byte with nats-py, against the real processes.
 
 The ``nats`` CLI is not installable on these machines; our users have it. So this test parses
-each documented line the way a shell would and publishes the same subject, body and headers.
+each documented line the way a shell would and publishes the same subject, body and headers,
+behind the trust boundary, with the key (and inbox prefix) the line names: a line that needs
+more than its role may do fails here.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
+from nats.aio.client import Client
 
+from shared.connection import Credentials, connect
 from shared.ops import client
+from shared.ops.auth import seed_path
 from shared.ops.harness import System
 from shared.partitions import Partitioning
 from tests.conftest import consumers_idle, poll, stream_messages, subject_count
@@ -22,9 +27,23 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "events.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
 KNOWN_VERBS = {"pub", "req", "sub", "stream", "micro", "kv"}
+KEY_DIR = "data/auth/"
+"""Where ``./run demo`` (its ``--data-dir``, ``./data``) has saga-auth write the keys."""
 
 
-def nats_lines(path: Path) -> list[list[str]]:
+@dataclass(frozen=True)
+class Line:
+    argv: list[str]
+    """``nats`` and the command, the global options taken out: ``["nats", "pub", ...]``."""
+    role: str
+    """Whose key the line names: ``--nkey data/auth/<role>.nk``."""
+    inbox_prefix: str | None
+
+    def __getitem__(self, i: int) -> str:
+        return self.argv[i]
+
+
+def nats_lines(path: Path) -> list[Line]:
     """Each ``nats …`` command inside the file's ```sh blocks, split as a shell would."""
     commands, in_sh = [], False
     for line in path.read_text().splitlines():
@@ -33,14 +52,20 @@ def nats_lines(path: Path) -> list[list[str]]:
             continue
         if in_sh and line.startswith("nats "):
             argv = shlex.split(line, comments=True)
+            options: dict[str, str] = {}
+            while argv[1].startswith("--"):
+                options[argv[1]] = argv[2]
+                del argv[1:3]
             assert argv[1] in KNOWN_VERBS, line
-            commands.append(argv)
+            key = options.get("--nkey", "")
+            assert key.startswith(KEY_DIR) and key.endswith(".nk"), f"names no key of {KEY_DIR}: {line}"
+            commands.append(Line(argv, key.removeprefix(KEY_DIR).removesuffix(".nk"), options.get("--inbox-prefix")))
     return commands
 
 
-def parse_pub(argv: list[str]) -> tuple[str, bytes, dict[str, str]]:
+def parse_pub(line: Line) -> tuple[str, bytes, dict[str, str]]:
     """``nats pub SUBJECT [-H Key:Value]… BODY`` -> (subject, body, headers)."""
-    rest, headers = argv[2:], {}
+    rest, headers = line.argv[2:], {}
     while "-H" in rest:
         i = rest.index("-H")
         key, value = rest[i + 1].split(":", 1)
@@ -51,11 +76,11 @@ def parse_pub(argv: list[str]) -> tuple[str, bytes, dict[str, str]]:
 
 
 def test_readme_nats_lines_are_the_documented_ones() -> None:
-    documented = {" ".join(argv) for argv in nats_lines(DOCS)}
+    documented = {(" ".join(line.argv), line.role, line.inbox_prefix) for line in nats_lines(DOCS)}
     readme = nats_lines(ROOT / "README.md")
     assert readme, "the README shows how to place, cancel and inspect an order"
-    for argv in readme:
-        assert " ".join(argv) in documented, argv
+    for line in readme:
+        assert (" ".join(line.argv), line.role, line.inbox_prefix) in documented, line
 
 
 def test_every_inbound_event_type_and_request_is_documented() -> None:
@@ -95,26 +120,44 @@ def test_every_inbound_event_type_and_request_is_documented() -> None:
 async def test_documented_lines_run_as_documented(tmp_path: Path, partitions: int) -> None:
     # Partitioned, every documented line works unchanged, whichever instance a request reaches.
     system = System(
-        tmp_path, instances=1 if partitions == 1 else 2, service_env={"PARTITIONS": str(partitions)}
+        tmp_path, instances=1 if partitions == 1 else 2, service_env={"PARTITIONS": str(partitions)}, auth=True
     ).start()
+    connections: dict[tuple[str, str | None], Client] = {}
+    refusals: list[str] = []
+
+    async def refused(exc: Exception) -> None:
+        refusals.append(str(exc))
+
+    async def as_documented(line: Line) -> Client:
+        """A connection with the line's key and inbox prefix, as ``nats --nkey ...`` makes one."""
+        key = (line.role, line.inbox_prefix)
+        if key not in connections:
+            creds = Credentials(nkey_seed=seed_path(system.auth_dir, line.role), inbox_prefix=line.inbox_prefix)
+            connections[key] = await connect(system.url, creds, error_cb=refused)
+
+        return connections[key]
+
     try:
-        nc = await nats.connect(system.url)
+        nc = await connect(system.url, system.credentials("operator"))
         js = nc.jetstream()
-        for argv in nats_lines(DOCS) + nats_lines(OPERATIONS):
-            if argv[1] == "pub":
-                subject, body, headers = parse_pub(argv)
-                await js.publish(subject, body, headers=headers or None)
-            elif argv[1] == "req":
-                subject, body = argv[2], argv[3].encode()
+        for line in nats_lines(DOCS) + nats_lines(OPERATIONS):
+            conn = await as_documented(line)
+            if line[1] == "pub":
+                subject, body, headers = parse_pub(line)
+                await conn.publish(subject, body, headers=headers or None)  # as ``nats pub``: no ack
+                await conn.flush()
+            elif line[1] == "req":
+                subject, body = line[2], line[3].encode()
                 if subject == "api.orders.get":  # a person waits for the saga before asking
                     await client.wait_until_terminal(nc, json.loads(body)["order_id"])
-                reply = json.loads((await nc.request(subject, body, timeout=5)).data)
-                assert "error" not in reply, (argv, reply)
-            elif argv[1:3] == ["kv", "get"]:  # the lease and the registered store of a service
+                reply = json.loads((await conn.request(subject, body, timeout=5)).data)
+                assert "error" not in reply, (line, reply)
+            elif line.argv[1:3] == ["kv", "get"]:  # the lease and the registered store of a service
                 # The documented keys are a service's unpartitioned ones; partitioned, partition 0's.
-                key = Partitioning(partitions).unit(argv[4].removesuffix(".p0"), 0)
-                entry = await (await js.key_value(argv[3])).get(key)
-                assert entry.value and json.loads(entry.value)["store"], argv
+                key = Partitioning(partitions).unit(line[4].removesuffix(".p0"), 0)
+                entry = await (await conn.jetstream().key_value(line[3])).get(key)
+                assert entry.value and json.loads(entry.value)["store"], line
+        assert not refusals, refusals
 
         expected = {
             "doc-order-1": ("CONFIRMED", None),
@@ -138,5 +181,7 @@ async def test_documented_lines_run_as_documented(tmp_path: Path, partitions: in
             ("dlq.order_svc", "invalid_json", b"this is not json")
         ]
         await nc.close()
+        for conn in connections.values():
+            await conn.close()
     finally:
         system.stop()

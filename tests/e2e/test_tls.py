@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops import client
@@ -52,8 +52,8 @@ def make_certificates(directory: Path) -> None:
     )
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for name, usage in (
-        ("server", x509.ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", x509.ExtendedKeyUsageOID.CLIENT_AUTH),
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (

@@ -34,6 +34,10 @@ def test_demo_command_runs_the_system_and_every_demo_order_ends_as_expected(
     assert all(line.endswith("[ok]") for line in outcomes), done.stdout
     assert "balances: alice 75.00, bob 5.00" in done.stdout
     assert "saga-demo: stopped." in done.stdout
+    # Secure by default: the server admitted only saga-auth's keys, each private to its owner.
+    assert f"behind saga-auth: one key per service and role in {tmp_path / 'data' / 'auth'}" in done.stdout
+    for role in ("order_svc", "payment_svc", "inventory_svc", "client", "operator"):
+        assert (tmp_path / "data" / "auth" / f"{role}.nk").stat().st_mode & 0o777 == 0o600, role
     for service in ("order_svc", "payment_svc", "inventory_svc"):
         assert (tmp_path / "data" / f"{service}.sqlite3").exists()
         log = (tmp_path / "data" / "logs" / f"{service}.log").read_text()
