@@ -8,7 +8,8 @@ Neither file fixes a port or a store directory, so ``nats-server -c DIR/nats-ser
 4222 -sd /var/lib/nats`` applies both. A cluster's node configuration includes
 ``permissions.conf`` beside its own ``cluster {}`` block. Run again, it keeps the keys it finds
 (the configuration is rewritten: a new partition count needs new consumer names) unless told
-``--rotate`` (docs/operations.md, "Trust boundary").
+``--rotate``; the replaced keys stay admitted until ``--drop-previous`` (docs/operations.md,
+"Trust boundary").
 
 The roles, least privilege first:
 
@@ -151,7 +152,7 @@ def _quoted(subjects: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(s) for s in subjects) + "]"
 
 
-def permissions_conf(public_keys: dict[str, str], partitioning: Partitioning) -> str:
+def permissions_conf(public_keys: dict[str, list[str]], partitioning: Partitioning) -> str:
     lines = [
         "# Written by saga-auth init: the saga's roles and what each may publish and subscribe.",
         f"# For PARTITIONS={partitioning.count}. Rewrite it (saga-auth init) when that changes.",
@@ -159,19 +160,20 @@ def permissions_conf(public_keys: dict[str, str], partitioning: Partitioning) ->
         "  users: [",
     ]
     for role, perms in role_permissions(partitioning).items():
-        lines.append(f"    # {role}")
-        if perms is None:
-            lines.append(f'    {{ nkey: "{public_keys[role]}" }}')
-            continue
-        responses = "\n        allow_responses: true" if perms.allow_responses else ""
-        lines.append(
-            f'    {{ nkey: "{public_keys[role]}"\n'
-            f"      permissions: {{\n"
-            f"        publish: {{ allow: {_quoted(perms.publish)} }}\n"
-            f"        subscribe: {{ allow: {_quoted(perms.subscribe)} }}{responses}\n"
-            f"      }}\n"
-            f"    }}"
-        )
+        for n, key in enumerate(public_keys[role]):
+            lines.append(f"    # {role}" + (" (its previous key, until saga-auth init --drop-previous)" if n else ""))
+            if perms is None:
+                lines.append(f'    {{ nkey: "{key}" }}')
+                continue
+            responses = "\n        allow_responses: true" if perms.allow_responses else ""
+            lines.append(
+                f'    {{ nkey: "{key}"\n'
+                f"      permissions: {{\n"
+                f"        publish: {{ allow: {_quoted(perms.publish)} }}\n"
+                f"        subscribe: {{ allow: {_quoted(perms.subscribe)} }}{responses}\n"
+                f"      }}\n"
+                f"    }}"
+            )
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
 
@@ -191,6 +193,14 @@ def seed_path(directory: Path, role: str) -> Path:
     return directory / f"{role}.nk"
 
 
+def previous_seed_path(directory: Path, role: str) -> Path:
+    return directory / f"{role}.nk.previous"
+
+
+def _public_key(path: Path) -> str:
+    return str(nkeys.from_seed(path.read_bytes().strip()).public_key.decode())
+
+
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -198,19 +208,27 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
-def init(directory: Path, partitioning: Partitioning, rotate: bool = False) -> dict[str, str]:
+def init(
+    directory: Path, partitioning: Partitioning, rotate: bool = False, drop_previous: bool = False
+) -> dict[str, str]:
     """Write the server configuration and the roles' seeds into ``directory``; return each role's
-    public key. Existing seeds are kept unless ``rotate``."""
+    public key. Existing seeds are kept, unless ``rotate``: then each becomes ``<role>.nk.previous``,
+    still admitted beside the new one, so processes can be restarted onto their new keys one at a
+    time; ``drop_previous`` stops admitting (and deletes) the previous keys."""
     directory.mkdir(parents=True, exist_ok=True)
-    public_keys: dict[str, str] = {}
+    public_keys: dict[str, list[str]] = {}
     for role in ROLES:
-        path = seed_path(directory, role)
-        if rotate or not path.exists():
+        path, previous = seed_path(directory, role), previous_seed_path(directory, role)
+        if drop_previous:
+            previous.unlink(missing_ok=True)
+        if rotate and path.exists():
+            path.replace(previous)
+        if not path.exists():
             _write_private(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER) + b"\n")
-        public_keys[role] = nkeys.from_seed(path.read_bytes().strip()).public_key.decode()
+        public_keys[role] = [_public_key(path), *([_public_key(previous)] if previous.exists() else [])]
     (directory / "permissions.conf").write_text(permissions_conf(public_keys, partitioning))
     (directory / "nats-server.conf").write_text(server_conf())
-    return public_keys
+    return {role: keys[0] for role, keys in public_keys.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,11 +242,17 @@ def main(argv: list[str] | None = None) -> None:
         default=int(os.environ.get("PARTITIONS") or 1),
         help="the deployment's PARTITIONS: each partition's consumers are named in the permissions",
     )
-    init_cmd.add_argument("--rotate", action="store_true", help="new keys for every role (see docs/operations.md)")
+    once = init_cmd.add_mutually_exclusive_group()
+    once.add_argument(
+        "--rotate",
+        action="store_true",
+        help="a new key for every role; the previous ones stay admitted until --drop-previous (docs/operations.md)",
+    )
+    once.add_argument("--drop-previous", action="store_true", help="stop admitting the keys --rotate replaced")
     args = parser.parse_args(argv)
     if not 1 <= args.partitions <= MAX_PARTITIONS:
         parser.error(f"--partitions must be 1..{MAX_PARTITIONS}")
-    keys = init(args.directory, Partitioning(args.partitions), rotate=args.rotate)
+    keys = init(args.directory, Partitioning(args.partitions), rotate=args.rotate, drop_previous=args.drop_previous)
     for role, key in keys.items():
         print(f"{role:14} {key}  {seed_path(args.directory, role)}")
     print(f"server: nats-server -c {args.directory / 'nats-server.conf'} -p 4222 -sd <store dir>", file=sys.stderr)

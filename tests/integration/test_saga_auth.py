@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import nkeys
 import pytest
+from nats.aio.client import Client
 
 from shared.connection import Credentials, RefusedByServer, connect
-from shared.ops.auth import ROLES, init, seed_path
+from shared.ops.auth import ROLES, init, previous_seed_path, seed_path
 from shared.ops.harness import _wait_for_line, free_port, nats_server_binary
 from shared.partitions import Partitioning
+from tests.conftest import poll
 
 CLI = Path(sys.executable).parent / "saga-auth"
 
@@ -38,10 +41,18 @@ def test_init_writes_a_private_seed_per_role_and_keeps_them_unless_told_to_rotat
 
     init(tmp_path, Partitioning(3))
     assert public_keys(tmp_path) == first
+    # A rotation admits the new keys beside the previous ones, until those are dropped.
     init(tmp_path, Partitioning(3), rotate=True)
     rotated = public_keys(tmp_path)
     assert all(rotated[r] != first[r] for r in ROLES)
-    assert not any(key in (tmp_path / "permissions.conf").read_text() for key in first.values())
+    conf = (tmp_path / "permissions.conf").read_text()
+    assert all(key in conf for key in [*first.values(), *rotated.values()])
+    assert all(previous_seed_path(tmp_path, r).stat().st_mode & 0o777 == 0o600 for r in ROLES)
+    init(tmp_path, Partitioning(3), drop_previous=True)
+    conf = (tmp_path / "permissions.conf").read_text()
+    assert not any(key in conf for key in first.values()) and all(key in conf for key in rotated.values())
+    assert not any(previous_seed_path(tmp_path, r).exists() for r in ROLES)
+    assert public_keys(tmp_path) == rotated
 
 
 def test_the_written_configuration_runs_with_a_port_and_store_from_the_command_line(tmp_path: Path) -> None:
@@ -58,8 +69,10 @@ def test_the_written_configuration_runs_with_a_port_and_store_from_the_command_l
         )
     try:
         _wait_for_line(log, "Server is ready", server, 20)
-        asyncio.run(_admits_only_its_keys(f"nats://127.0.0.1:{port}", keys))
+        url = f"nats://127.0.0.1:{port}"
+        asyncio.run(_admits_only_its_keys(url, keys))
         assert store.is_dir() and any(store.iterdir())
+        asyncio.run(_rotates_without_a_gap(url, keys, server))
     finally:
         server.terminate()
         server.wait(10)
@@ -73,3 +86,31 @@ async def _admits_only_its_keys(url: str, keys: Path) -> None:
     await operator.close()
     with pytest.raises(RefusedByServer):
         await connect(url, Credentials(), connect_timeout=2)
+
+
+async def _rotates_without_a_gap(url: str, keys: Path, server: subprocess.Popen[bytes]) -> None:
+    """The documented rotation: --rotate, reload, move each process to its new key, --drop-previous, reload."""
+    old_seed = keys / "old-order_svc.nk"
+    old_seed.write_bytes(seed_path(keys, "order_svc").read_bytes())
+    running = await connect(url, Credentials(nkey_seed=old_seed, inbox_prefix="_INBOX_order_svc"))
+    init(keys, Partitioning(1), rotate=True)
+    server.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+    new = Credentials(nkey_seed=seed_path(keys, "order_svc"), inbox_prefix="_INBOX_order_svc")
+    fresh = await poll(lambda: _try_connect(url, new), lambda nc: nc is not None)
+    assert fresh is not None
+    await running.jetstream().account_info()  # the process on its previous key is undisturbed
+    await fresh.close()
+    await running.close()
+    init(keys, Partitioning(1), drop_previous=True)
+    server.send_signal(signal.SIGHUP)
+    await poll(lambda: _try_connect(url, Credentials(nkey_seed=old_seed)), lambda nc: nc is None)
+
+
+async def _try_connect(url: str, creds: Credentials) -> Client | None:
+    try:
+        nc = await connect(url, creds, connect_timeout=2)
+    except RefusedByServer:
+        return None
+    if creds.nkey_seed and "old-" in creds.nkey_seed.name:
+        await nc.close()  # polled until refused: each admitted try is closed at once
+    return nc
