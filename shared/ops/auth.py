@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ from shared.subjects import (
 )
 
 ROLES = ("order_svc", "payment_svc", "inventory_svc", "client", "operator")
+APPLICATION_PREFIX = "client-"
+"""``client-<name>``: a client application with a key (and inbox prefix) of its own."""
+APPLICATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 
 CLIENT_EVENTS = (EventType.ORDERS_REQUESTED, EventType.ORDERS_CANCEL_REQUESTED)
 """What an application may say on the bus: the two requests of a customer."""
@@ -135,15 +139,22 @@ def service_permissions(definition: ServiceDefinition, partitioning: Partitionin
     return Permissions(tuple(publish), tuple(subscribe), allow_responses=True)
 
 
-def role_permissions(partitioning: Partitioning) -> dict[str, Permissions | None]:
-    """Every role's permissions; None: no restriction (operator)."""
+def client_permissions(role: str) -> Permissions:
+    """An application's: place and cancel orders, read one; its replies on its own inbox prefix."""
+    return Permissions(
+        publish=(*(f"{event.value}.*" for event in CLIENT_EVENTS), API_ORDERS_GET),
+        subscribe=(f"{inbox_prefix_of(role)}.>",),
+    )
+
+
+def role_permissions(partitioning: Partitioning, applications: Iterable[str] = ()) -> dict[str, Permissions | None]:
+    """Every role's permissions; None: no restriction (operator). ``applications``: the
+    ``client-<name>`` roles, each a client of its own (``saga-auth init --client NAME``)."""
     found: dict[str, Permissions | None] = {
         name: service_permissions(d, partitioning) for name, d in service_definitions().items()
     }
-    found["client"] = Permissions(
-        publish=(*(f"{event.value}.*" for event in CLIENT_EVENTS), API_ORDERS_GET),
-        subscribe=(f"{inbox_prefix_of('client')}.>",),
-    )
+    for role in ("client", *applications):
+        found[role] = client_permissions(role)
     found["operator"] = None
     return found
 
@@ -153,13 +164,14 @@ def _quoted(subjects: Iterable[str]) -> str:
 
 
 def permissions_conf(public_keys: dict[str, list[str]], partitioning: Partitioning) -> str:
+    applications = [role for role in public_keys if role.startswith(APPLICATION_PREFIX)]
     lines = [
         "# Written by saga-auth init: the saga's roles and what each may publish and subscribe.",
         f"# For PARTITIONS={partitioning.count}. Rewrite it (saga-auth init) when that changes.",
         "authorization {",
         "  users: [",
     ]
-    for role, perms in role_permissions(partitioning).items():
+    for role, perms in role_permissions(partitioning, applications).items():
         for n, key in enumerate(public_keys[role]):
             lines.append(f"    # {role}" + (" (its previous key, until saga-auth init --drop-previous)" if n else ""))
             if perms is None:
@@ -208,16 +220,38 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
+def applications_in(directory: Path) -> list[str]:
+    """The ``client-<name>`` roles whose keys ``directory`` holds."""
+    return sorted(p.name.removesuffix(".nk") for p in directory.glob(f"{APPLICATION_PREFIX}*.nk"))
+
+
 def init(
-    directory: Path, partitioning: Partitioning, rotate: bool = False, drop_previous: bool = False
+    directory: Path,
+    partitioning: Partitioning,
+    rotate: bool = False,
+    drop_previous: bool = False,
+    add_clients: Iterable[str] = (),
+    revoke_clients: Iterable[str] = (),
 ) -> dict[str, str]:
     """Write the server configuration and the roles' seeds into ``directory``; return each role's
     public key. Existing seeds are kept, unless ``rotate``: then each becomes ``<role>.nk.previous``,
     still admitted beside the new one, so processes can be restarted onto their new keys one at a
-    time; ``drop_previous`` stops admitting (and deletes) the previous keys."""
+    time; ``drop_previous`` stops admitting (and deletes) the previous keys. ``add_clients``: new
+    client applications (``client-<name>.nk``), kept from then on; ``revoke_clients``: their keys
+    deleted and no longer admitted."""
     directory.mkdir(parents=True, exist_ok=True)
+    for name in [*add_clients, *revoke_clients]:
+        if not APPLICATION_NAME.match(name):
+            raise ValueError(f"client name {name!r}: lower-case letters, digits, - and _ only")
+    for name in revoke_clients:
+        for path in (
+            seed_path(directory, APPLICATION_PREFIX + name),
+            previous_seed_path(directory, APPLICATION_PREFIX + name),
+        ):
+            path.unlink(missing_ok=True)
+    applications = sorted({*applications_in(directory), *(APPLICATION_PREFIX + n for n in add_clients)})
     public_keys: dict[str, list[str]] = {}
-    for role in ROLES:
+    for role in (*ROLES, *applications):
         path, previous = seed_path(directory, role), previous_seed_path(directory, role)
         if drop_previous:
             previous.unlink(missing_ok=True)
@@ -249,12 +283,32 @@ def main(argv: list[str] | None = None) -> None:
         help="a new key for every role; the previous ones stay admitted until --drop-previous (docs/operations.md)",
     )
     once.add_argument("--drop-previous", action="store_true", help="stop admitting the keys --rotate replaced")
+    init_cmd.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client application with its own key, client-NAME.nk, and inbox prefix _INBOX_client-NAME",
+    )
+    init_cmd.add_argument(
+        "--revoke-client", action="append", default=[], metavar="NAME", help="delete client-NAME's key"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.partitions <= MAX_PARTITIONS:
         parser.error(f"--partitions must be 1..{MAX_PARTITIONS}")
-    keys = init(args.directory, Partitioning(args.partitions), rotate=args.rotate, drop_previous=args.drop_previous)
+    try:
+        keys = init(
+            args.directory,
+            Partitioning(args.partitions),
+            rotate=args.rotate,
+            drop_previous=args.drop_previous,
+            add_clients=args.client,
+            revoke_clients=args.revoke_client,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     for role, key in keys.items():
-        print(f"{role:14} {key}  {seed_path(args.directory, role)}")
+        print(f"{role:20} {key}  {seed_path(args.directory, role)}")
     print(f"server: nats-server -c {args.directory / 'nats-server.conf'} -p 4222 -sd <store dir>", file=sys.stderr)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops import client
+from shared.ops.auth import init, seed_path
 from shared.ops.harness import ServiceProcess, System
+from shared.partitions import Partitioning
 from shared.subjects import Stream
 from tests.conftest import poll, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
@@ -237,3 +240,45 @@ async def test_documented_roles_can_do_their_jobs_and_no_more_on_a_second_connec
     finally:
         await nc.close()
     assert not refusals.seen
+
+
+async def test_a_client_application_gets_a_key_of_its_own_and_loses_it_when_revoked(
+    operator: Client, secure: System, tmp_path: Path
+) -> None:
+    assert secure.server is not None and secure.server.proc is not None
+    init(secure.auth_dir, Partitioning(2), add_clients=["shop"])
+    secure.server.proc.send_signal(signal.SIGHUP)  # the server reloads its configuration
+    shop = Credentials(nkey_seed=seed_path(secure.auth_dir, "client-shop"), inbox_prefix="_INBOX_client-shop")
+    app = await poll(lambda: _admitted(secure.url, shop), lambda nc: nc is not None)
+    assert app is not None
+    refusals = Refusals()
+    try:
+        customer, sku = await new_customer(operator, 1_000), await new_sku(operator, 1)
+        order_id = unique("o")
+        await client.place_order(
+            app.jetstream(), order_id, customer, [{"sku": sku, "quantity": 1, "unit_price_cents": 300}]
+        )
+        assert (await client.wait_until_terminal(app, order_id))["status"] == "CONFIRMED"
+        # Not the other applications' replies.
+        spy = await connect(secure.url, shop, error_cb=refusals)
+        await spy.subscribe("_INBOX_client.>")
+        await refusals.wait_for("subscription", "_INBOX_client.>")
+        await spy.close()
+    finally:
+        await app.close()
+    kept = tmp_path / "kept-client-shop.nk"  # as a decommissioned host might still hold it
+    kept.write_bytes(seed_path(secure.auth_dir, "client-shop").read_bytes())
+    init(secure.auth_dir, Partitioning(2), revoke_clients=["shop"])
+    secure.server.proc.send_signal(signal.SIGHUP)
+    assert not seed_path(secure.auth_dir, "client-shop").exists()
+    await poll(lambda: _admitted(secure.url, Credentials(nkey_seed=kept), close=True), lambda nc: nc is None)
+
+
+async def _admitted(url: str, creds: Credentials, close: bool = False) -> Client | None:
+    try:
+        nc = await connect(url, creds, connect_timeout=2)
+    except RefusedByServer:
+        return None
+    if close:
+        await nc.close()
+    return nc
