@@ -10,9 +10,10 @@ from shared.subjects import Stream
 PAYMENT_SERVICE = ServiceDefinition(
     name="payment_svc",
     api_name="payments",
-    description="Customer balances of the choreographed saga: charge, refund, deposit.",
+    description="Customer balances of the choreographed saga: hold, capture, release, deposit.",
     stream=Stream.PAYMENTS,
     schema=repository.SCHEMA,
+    migrate=repository.migrate,
     consumers=handlers.consumers,
     steps=Stream.PAYMENT_STEPS,
     endpoints=api.endpoints,

@@ -48,7 +48,7 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def list_payments(req: PageRequest) -> dict[str, Any]:
         payments, next_after = await page(
             ctx.store,
-            "SELECT order_id, customer_id, amount_cents, status, reason FROM payments"
+            "SELECT order_id, customer_id, amount_cents, status, reason, refused_cancel FROM payments"
             " WHERE order_id > ? ORDER BY order_id LIMIT ?",
             req,
             "order_id",

@@ -1,4 +1,13 @@
-"""Payments: pure and synchronous. Charge once, refund once, and never charge after a cancel."""
+"""Payments: pure and synchronous. Try, confirm, cancel: a charge is held on ``orders.created``,
+captured on ``orders.confirmed``, and released on ``orders.cancelled`` only while it is held.
+
+Held, the money has left the customer's balance but not the customer: a cancel gives it back.
+Captured, it is the shop's: a cancel then releases nothing, because an order is confirmed only
+after its stock is reserved and nothing cancels a confirmed order but a mistake or a forgery (a
+refund of a delivered order is a business flow of its own, not a compensation). Such a cancel is
+recorded on the payment, for ``saga-audit`` to report. A cancel before the charge is an empty
+compensation, recorded so that an ``orders.created`` arriving later holds nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +20,27 @@ from shared.subjects import EventType
 STEPS = "payment_svc.steps"
 """A batch of the sub-steps below, for one partition (shared.steps)."""
 CHARGE_REQUESTED = "payment_svc.charge_requested"
-"""Sub-step (partitioned only): from the order's partition to its customer's, charge the order."""
-REFUND_REQUESTED = "payment_svc.refund_requested"
-"""Sub-step (partitioned only): the order was cancelled; compensate in the customer's partition."""
+"""Sub-step (partitioned only): from the order's partition to its customer's, hold the order's charge."""
+CAPTURE_REQUESTED = "payment_svc.capture_requested"
+"""Sub-step (partitioned only): the order was confirmed; capture its charge in the customer's partition."""
+RELEASE_REQUESTED = "payment_svc.release_requested"
+"""Sub-step (partitioned only): the order was cancelled; release its charge in the customer's partition."""
 
 INSUFFICIENT_FUNDS = "insufficient_funds"
 UNKNOWN_CUSTOMER = "unknown_customer"
 
 
 class PaymentStatus(StrEnum):
-    CHARGED = "CHARGED"
+    HELD = "HELD"
+    """The amount is taken from the balance, and given back if the order is cancelled."""
+    CAPTURED = "CAPTURED"
+    """The order was confirmed: the amount is the shop's for good."""
     FAILED = "FAILED"
-    REFUNDED = "REFUNDED"
+    RELEASED = "RELEASED"
+    """The order was cancelled while its charge was held: the amount is back on the balance."""
     CANCELLED = "CANCELLED"
-    """The order was cancelled before anything was charged: an empty compensation, recorded
-    so that an ``orders.created`` arriving later charges nothing."""
+    """The order was cancelled before anything was held: an empty compensation, recorded
+    so that an ``orders.created`` arriving later holds nothing."""
 
 
 @dataclass
@@ -41,21 +56,23 @@ class Payment:
     amount_cents: int
     status: PaymentStatus
     reason: str | None = None
+    refused_cancel: str | None = None
+    """The reason of an ``orders.cancelled`` that came after the capture and released nothing."""
 
 
-def charge(
+def hold(
     order_id: str, customer_id: str, amount_cents: int, existing: Payment | None, account: Account | None
 ) -> tuple[Payment | None, list[Event]]:
-    """Charge an order once. Returns the new payment record (None if nothing changes) and events."""
+    """Hold an order's charge once. Returns the new payment record (None if nothing changes) and events."""
     if existing is not None:
-        # Already charged or failed, or cancelled before we got here: never charge again.
+        # Already held or failed, or cancelled before we got here: never charge again.
         return None, []
     if account is None:
         return _failed(order_id, customer_id, amount_cents, UNKNOWN_CUSTOMER)
     if account.balance_cents < amount_cents:
         return _failed(order_id, customer_id, amount_cents, INSUFFICIENT_FUNDS)
     account.balance_cents -= amount_cents
-    payment = Payment(order_id, customer_id, amount_cents, PaymentStatus.CHARGED)
+    payment = Payment(order_id, customer_id, amount_cents, PaymentStatus.HELD)
     completed = {"customer_id": customer_id, "amount_cents": amount_cents}
     return payment, [Event(EventType.PAYMENTS_COMPLETED, order_id, completed)]
 
@@ -65,21 +82,36 @@ def _failed(order_id: str, customer_id: str, amount: int, reason: str) -> tuple[
     return payment, [Event(EventType.PAYMENTS_FAILED, order_id, {"reason": reason})]
 
 
-def compensate(
+def capture(existing: Payment | None) -> Payment | None:
+    """The order was confirmed: a held charge becomes the shop's. Anything else changes nothing:
+    a confirm of an order never charged, or already released, is for the audit to find."""
+    if existing is None or existing.status is not PaymentStatus.HELD:
+        return None
+    existing.status = PaymentStatus.CAPTURED
+    return existing
+
+
+def release(
     order_id: str, reason: str, existing: Payment | None, account: Account | None
 ) -> tuple[Payment | None, list[Event]]:
-    """The order was cancelled: refund a charge once; record an empty compensation if nothing was charged."""
+    """The order was cancelled: release a held charge once; record an empty compensation if
+    nothing was held; after a capture, release nothing and record the refused cancel."""
     if existing is None:
         return Payment(order_id, "", 0, PaymentStatus.CANCELLED, reason), []
-    if existing.status is not PaymentStatus.CHARGED:
+    if existing.status is PaymentStatus.CAPTURED:
+        if existing.refused_cancel is not None:
+            return None, []
+        existing.refused_cancel = reason
+        return existing, []
+    if existing.status is not PaymentStatus.HELD:
         return None, []
     if account is None:
-        raise ValueError(f"charged order {order_id} has no account {existing.customer_id!r}")
+        raise ValueError(f"held order {order_id} has no account {existing.customer_id!r}")
     account.balance_cents += existing.amount_cents
-    existing.status = PaymentStatus.REFUNDED
+    existing.status = PaymentStatus.RELEASED
     existing.reason = reason
-    refunded = {"amount_cents": existing.amount_cents, "reason": reason}
-    return existing, [Event(EventType.PAYMENTS_REFUNDED, order_id, refunded)]
+    released = {"amount_cents": existing.amount_cents, "reason": reason}
+    return existing, [Event(EventType.PAYMENTS_REFUNDED, order_id, released)]
 
 
 @dataclass
@@ -98,10 +130,15 @@ def forward_charge(order_id: str, customer_id: str, amount_cents: int, partition
     return Forwarded(order_id, customer_id, partition), [Event(CHARGE_REQUESTED, order_id, data, partition)]
 
 
-def forward_refund(forwarded: Forwarded, reason: str) -> list[Event]:
-    """The cancel of a forwarded order goes where its charge went; that partition decides (``compensate``)."""
+def forward_capture(forwarded: Forwarded) -> list[Event]:
+    """The confirm of a forwarded order goes where its charge went; that partition decides (``capture``)."""
+    return [Event(CAPTURE_REQUESTED, forwarded.order_id, {"customer_id": forwarded.customer_id}, forwarded.partition)]
+
+
+def forward_release(forwarded: Forwarded, reason: str) -> list[Event]:
+    """The cancel of a forwarded order goes where its charge went; that partition decides (``release``)."""
     data = {"customer_id": forwarded.customer_id, "reason": reason}
-    return [Event(REFUND_REQUESTED, forwarded.order_id, data, forwarded.partition)]
+    return [Event(RELEASE_REQUESTED, forwarded.order_id, data, forwarded.partition)]
 
 
 def deposit(account: Account | None, customer_id: str, amount_cents: int) -> Account:

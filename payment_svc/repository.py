@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS payments (
     amount_cents INTEGER NOT NULL,
     status       TEXT NOT NULL,
     reason       TEXT,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL,
+    refused_cancel TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS deposits (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -34,6 +35,19 @@ CREATE TABLE IF NOT EXISTS forwarded (
     partition   INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+def migrate(tx: sqlite3.Connection) -> None:
+    """Before try-confirm-cancel, a charge was ``CHARGED`` and a compensation ``REFUNDED``. Such a
+    file has no ``refused_cancel`` column: once, add it, and read a charge as held (a confirmed
+    order's is captured by ``saga-audit --repair``, which re-sends its ``orders.confirmed``) and a
+    refund as a release. A no-op on a new file and on one already migrated."""
+    columns = {row[1] for row in tx.execute("PRAGMA table_info(payments)")}
+    if not columns or "refused_cancel" in columns:
+        return
+    tx.execute("ALTER TABLE payments ADD COLUMN refused_cancel TEXT")
+    tx.execute("UPDATE payments SET status = 'HELD' WHERE status = 'CHARGED'")
+    tx.execute("UPDATE payments SET status = 'RELEASED' WHERE status = 'REFUNDED'")
 
 
 def get_account(conn: sqlite3.Connection, customer_id: str) -> Account | None:
@@ -54,15 +68,20 @@ def get_payment(conn: sqlite3.Connection, order_id: str) -> Payment | None:
     if row is None:
         return None
     return Payment(
-        row["order_id"], row["customer_id"], row["amount_cents"], PaymentStatus(row["status"]), row["reason"]
+        row["order_id"],
+        row["customer_id"],
+        row["amount_cents"],
+        PaymentStatus(row["status"]),
+        row["reason"],
+        row["refused_cancel"],
     )
 
 
 def save_payment(tx: sqlite3.Connection, payment: Payment) -> None:
     tx.execute(
-        "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET"
-        " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at",
+        "INSERT INTO payments(order_id, customer_id, amount_cents, status, reason, updated_at, refused_cancel)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET status = excluded.status,"
+        " reason = excluded.reason, updated_at = excluded.updated_at, refused_cancel = excluded.refused_cancel",
         (
             payment.order_id,
             payment.customer_id,
@@ -70,6 +89,7 @@ def save_payment(tx: sqlite3.Connection, payment: Payment) -> None:
             payment.status.value,
             payment.reason,
             time.time(),
+            payment.refused_cancel,
         ),
     )
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class ServiceDefinition:
     )
     steps: Stream | None = None
     """The stream of its sub-steps between its own partitions, if it has any (only made partitioned)."""
+    migrate: Callable[[sqlite3.Connection], None] | None = None
+    """Brings a store of an earlier version of the service up to date (``Store.open``)."""
     version: str = "0.1.0"
 
     def consumers_for(self, partitioning: Partitioning) -> Sequence[ConsumerSpec]:
@@ -478,6 +481,7 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
         synchronous=settings.sqlite_synchronous,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         lease=lease,
+        migrate=definition.migrate,
     )
     failed = False
     try:

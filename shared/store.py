@@ -127,9 +127,12 @@ class Store:
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
         lease: Lease | None = None,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
     ) -> Store:
         """Open (creating if needed) the file, apply the schema, and return the store.
 
+        ``migrate`` brings a file of an earlier version of the service up to date, in one
+        transaction before the schema is applied; it must be a no-op on a new or current file.
         With ``lease``, the file is written only under it: its epoch must be newer than any that
         wrote the file before, and every commit is fenced by it (``WRITER_EPOCHS_TABLE``).
         """
@@ -137,6 +140,8 @@ class Store:
         writer = await _connect(path, synchronous, busy_timeout_ms)
         try:
             await _on_thread(writer, _in_transaction, _migrate_outbox_to_watermark)
+            if migrate is not None:
+                await _on_thread(writer, _in_transaction, migrate)
             await writer.executescript(SHARED_SCHEMA + service_schema)
             await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             fence = None

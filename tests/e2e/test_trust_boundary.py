@@ -3,11 +3,15 @@ another service's key, with a key the server does not know, and with none."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nkeys
 import pytest
@@ -16,6 +20,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops import client
+from shared.ops.audit import collect
 from shared.ops.auth import init, seed_path
 from shared.ops.harness import ServiceProcess, System
 from shared.partitions import Partitioning
@@ -282,3 +287,44 @@ async def _admitted(url: str, creds: Credentials, close: bool = False) -> Client
     if close:
         await nc.close()
     return nc
+
+
+# --- Defence in depth: inside the boundary (the operator's key can say anything), a forged or
+# stray event still changes nothing.
+
+
+async def test_a_cancel_of_a_confirmed_order_releases_nothing_and_the_audit_reports_it(
+    operator: Client, secure: System
+) -> None:
+    order_id, customer, _ = await confirmed_order(operator, secure)
+    js = operator.jetstream()
+    await poll(lambda: payment_of(operator, order_id), lambda p: p is not None and p["status"] == "CAPTURED")
+    forged_cancel = forged("orders.cancelled", order_id, {"reason": "forged"})
+    await js.publish(f"orders.cancelled.{order_id}", forged_cancel, headers={"Nats-Msg-Id": unique("forged")})
+    payment = await poll(
+        lambda: payment_of(operator, order_id), lambda p: p is not None and p["refused_cancel"] == "forged"
+    )
+    assert payment is not None and payment["status"] == "CAPTURED"
+    assert await subject_count(js, "PAYMENTS", f"payments.refunded.{order_id}") == 0
+    assert await client.balance(operator, customer) == 8_000
+    report = await run_audit_json(secure)
+    assert any(d["kind"] == "cancel_after_capture" and d["key"] == order_id for d in report["discrepancies"])
+
+
+async def payment_of(nc: Client, order_id: str) -> dict[str, Any] | None:
+    """payment_svc's record of ``order_id``, as saga-audit reads it (api.payments.list)."""
+    return (await collect(nc)).payments.get(order_id)
+
+
+async def run_audit_json(secure: System) -> dict[str, Any]:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "saga-audit"), "--json", "--confirm-after", "0.5", "--settle", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **secure.role_env("operator")},
+    )
+    assert done.returncode in (0, 1), done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report

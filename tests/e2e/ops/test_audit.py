@@ -90,7 +90,7 @@ async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_pur
         # 2. payment "lost" the refund of a cancelled order.
         payment_db = holding(system, "payment_svc", "SELECT 1 FROM payments WHERE order_id = ?", refunded)
         with sqlite3.connect(payment_db, timeout=10) as db:
-            db.execute("UPDATE payments SET status = 'CHARGED', reason = NULL WHERE order_id = ?", (refunded,))
+            db.execute("UPDATE payments SET status = 'HELD', reason = NULL WHERE order_id = ?", (refunded,))
             db.execute("UPDATE accounts SET balance_cents = balance_cents - 900 WHERE customer_id = ?", (customer,))
         inbox_delete(system, "payment_svc", refunded, "orders.cancelled")
 
@@ -115,7 +115,7 @@ async def test_audit_is_clean_then_reports_and_repairs_discrepancies_made_on_pur
         with sqlite3.connect(payment_db, timeout=10) as db:
             db.execute(
                 "INSERT INTO payments(order_id, customer_id, amount_cents, status, updated_at)"
-                " VALUES ('ghost-order', ?, 5, 'CHARGED', 0)",
+                " VALUES ('ghost-order', ?, 5, 'HELD', 0)",
                 (customer,),
             )
         unhealable = saga_audit(system, "--repair")

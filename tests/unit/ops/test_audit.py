@@ -30,7 +30,7 @@ def consistent() -> Snapshot:
     """o-1 confirmed, o-2 cancelled and refunded, o-3 cancelled before anything happened."""
     return snapshot(
         orders={"o-1": order("CONFIRMED"), "o-2": order("CANCELLED"), "o-3": order("CANCELLED")},
-        payments={"o-1": payment("CHARGED"), "o-2": payment("REFUNDED"), "o-3": payment("CANCELLED", 0, "")},
+        payments={"o-1": payment("CAPTURED"), "o-2": payment("RELEASED"), "o-3": payment("CANCELLED", 0, "")},
         reservations={"o-1": reservation("COMMITTED"), "o-2": reservation("FAILED", 9)},
         accounts={"alice": {"balance_cents": 500, "deposited_cents": 1000}},
         skus={"w": {"available": 4, "reserved": 0, "restocked": 5}},
@@ -43,12 +43,30 @@ def test_consistent_records_are_clean() -> None:
 
 def test_cancelled_order_still_charged_is_repaired_by_resending_the_cancel() -> None:
     snap = consistent()
-    snap.payments["o-2"] = payment("CHARGED")
+    snap.payments["o-2"] = payment("HELD")
     snap.accounts["alice"]["balance_cents"] = 0
     found = audit(snap)
     [d] = [d for d in found if d.kind == "cancelled_but_charged"]
     assert d.key == "o-2" and d.repair == Repair("orders.cancelled") and d.repair.service == "orders"
     assert ("money_not_conserved", "*") in kinds(found)
+
+
+def test_confirmed_order_whose_charge_is_still_held_is_repaired_by_resending_the_confirmation() -> None:
+    snap = consistent()
+    snap.payments["o-1"] = payment("HELD")
+    assert audit(snap) == [Discrepancy("charge_not_captured", "o-1", "charge still held", Repair("orders.confirmed"))]
+
+
+def test_a_cancel_after_the_capture_is_reported_and_a_captured_cancelled_order_too() -> None:
+    snap = consistent()
+    snap.payments["o-1"] = {**payment("CAPTURED"), "refused_cancel": "forged"}
+    found = audit(snap)
+    assert [(d.kind, d.key, d.repair) for d in found] == [("cancel_after_capture", "o-1", None)]
+    assert "forged" in found[0].detail
+    snap = consistent()
+    snap.payments["o-2"] = payment("CAPTURED")
+    snap.accounts["alice"]["balance_cents"] = 0
+    assert ("cancelled_but_captured", "o-2") in kinds(audit(snap))
 
 
 def test_confirmed_order_with_open_reservation_is_repaired_by_resending_the_confirmation() -> None:
@@ -82,7 +100,7 @@ def test_cancelled_order_holding_stock_is_repaired_and_committed_stock_is_only_r
 
 def test_charges_and_reservations_for_orders_order_svc_does_not_know_are_reported() -> None:
     snap = consistent()
-    snap.payments["ghost"] = payment("CHARGED", 7)
+    snap.payments["ghost"] = payment("HELD", 7)
     snap.reservations["ghost"] = reservation("RESERVED")
     assert {("charge_for_unknown_order", "ghost"), ("reservation_for_unknown_order", "ghost")} <= kinds(audit(snap))
 
@@ -90,10 +108,10 @@ def test_charges_and_reservations_for_orders_order_svc_does_not_know_are_reporte
 def test_pending_past_timeout_names_the_step_that_stalled() -> None:
     cases = [
         (None, None, "orders.created"),
-        ("CHARGED", None, "payments.completed"),
+        ("HELD", None, "payments.completed"),
         ("FAILED", None, "payments.failed"),
-        ("CHARGED", "RESERVED", "inventory.reserved"),
-        ("CHARGED", "FAILED", "inventory.failed"),
+        ("HELD", "RESERVED", "inventory.reserved"),
+        ("HELD", "FAILED", "inventory.failed"),
     ]
     for pay, res, event in cases:
         snap = snapshot(orders={"o-9": order("PENDING", created_at=0.0)}, now=100.0)
