@@ -13,6 +13,7 @@ INVENTORY_SERVICE = ServiceDefinition(
     description="Stock of the choreographed saga: reserve, release, restock.",
     stream=Stream.INVENTORY,
     schema=repository.SCHEMA,
+    migrate=repository.migrate,
     consumers=handlers.consumers,
     steps=Stream.INVENTORY_STEPS,
     endpoints=api.endpoints,

@@ -51,6 +51,26 @@ class Reservation:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class OrderTerms:
+    """Who pays how much for an order: from ``orders.created``, and from its ``payments.completed``."""
+
+    customer_id: str
+    amount_cents: int
+
+
+def payment_mismatch(order: OrderTerms | None, paid: OrderTerms | None) -> str | None:
+    """Why a payment is not the one this order needs, or None if it is (or either side is from
+    before the terms were kept). Inventory reserves only for the payment of the order it knows:
+    a ``payments.completed`` of another amount, or from another customer, is not that payment."""
+    if order is None or paid is None or order == paid:
+        return None
+    return (
+        f"payment of {paid.amount_cents} cents by {paid.customer_id!r}, but the order is"
+        f" {order.amount_cents} cents by {order.customer_id!r}"
+    )
+
+
 def order_lines(items: list[tuple[str, int]]) -> dict[str, int]:
     """Sum an order's quantities per sku, keeping the order's first-seen sku order."""
     lines: dict[str, int] = {}

@@ -28,7 +28,7 @@ from shared.contract import (
     Sku,
     StockItem,
 )
-from shared.envelope import Envelope, Event, EventData
+from shared.envelope import BadMessage, Envelope, Event, EventData
 from shared.logging import get_logger
 from shared.partitions import UNPARTITIONED, Partitioning
 from shared.steps import StepBatch, apply_batch, partition_of_batch
@@ -70,22 +70,35 @@ def on_orders_created(
     partitioning: Partitioning, tx: sqlite3.Connection, env: Envelope, data: OrderCreated
 ) -> list[Event]:
     lines = domain.order_lines([(item.sku, item.quantity) for item in data.items])
-    repository.add_order_lines(tx, env.order_id, lines)
-    if repository.take_early_payment(tx, env.order_id):
-        return _reserve_at_home(partitioning, tx, env.order_id, lines)
-    return []
+    terms = domain.OrderTerms(data.customer_id, data.total_cents)
+    repository.add_order_lines(tx, env.order_id, lines, terms)
+    early, paid = repository.take_early_payment(tx, env.order_id)
+    if not early:
+        return []
+    mismatch = domain.payment_mismatch(terms, paid)
+    if mismatch:
+        # That payments.completed was acked long ago, so it cannot be dead-lettered now: it is
+        # forgotten, and the order's real payment, when it comes, reserves as usual.
+        log.error("reservation.payment_mismatch", detail=mismatch)
+        return []
+    return _reserve_at_home(partitioning, tx, env.order_id, lines)
 
 
 def on_payments_completed(
     partitioning: Partitioning, tx: sqlite3.Connection, env: Envelope, data: PaymentCompleted
 ) -> list[Event]:
-    lines = repository.get_order_lines(tx, env.order_id)
-    if lines is None:
+    paid = domain.OrderTerms(data.customer_id, data.amount_cents)
+    known = repository.get_order_lines(tx, env.order_id)
+    if known is None:
         # orders.created is always published before payments.completed, but on another stream,
-        # so it may reach us second: the reservation is made when it comes.
-        repository.add_early_payment(tx, env.order_id)
+        # so it may reach us second: the reservation is made when it comes, if the payment matches.
+        repository.add_early_payment(tx, env.order_id, paid)
         log.debug("reservation.awaiting_lines")
         return []
+    lines, terms = known
+    mismatch = domain.payment_mismatch(terms, paid)
+    if mismatch:
+        raise BadMessage("payment_mismatch", mismatch)
     return _reserve_at_home(partitioning, tx, env.order_id, lines)
 
 

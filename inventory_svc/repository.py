@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from pydantic_core import from_json, to_json
 
-from inventory_svc.domain import Dispatch, DispatchStatus, Reservation, ReservationStatus, Stock
+from inventory_svc.domain import Dispatch, DispatchStatus, OrderTerms, Reservation, ReservationStatus, Stock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -17,15 +17,20 @@ CREATE TABLE IF NOT EXISTS stock (
     reserved  INTEGER NOT NULL CHECK (reserved >= 0)
 ) WITHOUT ROWID;
 -- What each order asks for, learnt from orders.created: payments.completed does not carry items.
+-- Its customer and total too, which a payments.completed must match to reserve anything.
 CREATE TABLE IF NOT EXISTS order_lines (
-    order_id TEXT PRIMARY KEY,
-    lines    TEXT NOT NULL
+    order_id    TEXT PRIMARY KEY,
+    lines       TEXT NOT NULL,
+    customer_id TEXT,
+    total_cents INTEGER
 ) WITHOUT ROWID;
 -- payments.completed that came before orders.created (they travel on different streams): the
 -- reservation is made when the lines arrive, instead of redelivering the payment until they do.
 CREATE TABLE IF NOT EXISTS early_payments (
-    order_id    TEXT PRIMARY KEY,
-    received_at REAL NOT NULL
+    order_id     TEXT PRIMARY KEY,
+    received_at  REAL NOT NULL,
+    customer_id  TEXT,
+    amount_cents INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     order_id   TEXT PRIMARY KEY,
@@ -71,22 +76,49 @@ def save_stock(tx: sqlite3.Connection, items: Iterable[Stock]) -> None:
     )
 
 
-def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int]) -> None:
-    tx.execute("INSERT OR IGNORE INTO order_lines(order_id, lines) VALUES (?, ?)", (order_id, to_json(lines).decode()))
+def migrate(tx: sqlite3.Connection) -> None:
+    """Stores from before payments were matched to their orders lack the customer and amount
+    columns: add them (empty on old rows, which are then reserved unchecked, as before)."""
+    for table, columns in (
+        ("order_lines", ("customer_id TEXT", "total_cents INTEGER")),
+        ("early_payments", ("customer_id TEXT", "amount_cents INTEGER")),
+    ):
+        present = {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if present and column.split()[0] not in present:
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
-def get_order_lines(conn: sqlite3.Connection, order_id: str) -> dict[str, int] | None:
-    row = conn.execute("SELECT lines FROM order_lines WHERE order_id = ?", (order_id,)).fetchone()
-    return dict(from_json(row["lines"])) if row else None
+def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int], terms: OrderTerms) -> None:
+    tx.execute(
+        "INSERT OR IGNORE INTO order_lines(order_id, lines, customer_id, total_cents) VALUES (?, ?, ?, ?)",
+        (order_id, to_json(lines).decode(), terms.customer_id, terms.amount_cents),
+    )
 
 
-def add_early_payment(tx: sqlite3.Connection, order_id: str) -> None:
-    tx.execute("INSERT OR IGNORE INTO early_payments(order_id, received_at) VALUES (?, ?)", (order_id, time.time()))
+def get_order_lines(conn: sqlite3.Connection, order_id: str) -> tuple[dict[str, int], OrderTerms | None] | None:
+    """The order's lines, and what its payment must be (None for an order learnt before that was kept)."""
+    row = conn.execute("SELECT * FROM order_lines WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        return None
+    terms = OrderTerms(row["customer_id"], row["total_cents"]) if row["customer_id"] is not None else None
+    return dict(from_json(row["lines"])), terms
 
 
-def take_early_payment(tx: sqlite3.Connection, order_id: str) -> bool:
-    """Forget the order's early payment; True if there was one."""
-    return tx.execute("DELETE FROM early_payments WHERE order_id = ?", (order_id,)).rowcount == 1
+def add_early_payment(tx: sqlite3.Connection, order_id: str, paid: OrderTerms) -> None:
+    tx.execute(
+        "INSERT OR IGNORE INTO early_payments(order_id, received_at, customer_id, amount_cents) VALUES (?, ?, ?, ?)",
+        (order_id, time.time(), paid.customer_id, paid.amount_cents),
+    )
+
+
+def take_early_payment(tx: sqlite3.Connection, order_id: str) -> tuple[bool, OrderTerms | None]:
+    """Forget the order's early payment: (whether there was one, what it paid: None if unknown,
+    for a payment kept before that was)."""
+    row = tx.execute("DELETE FROM early_payments WHERE order_id = ? RETURNING *", (order_id,)).fetchone()
+    if row is None:
+        return False, None
+    return True, OrderTerms(row["customer_id"], row["amount_cents"]) if row["customer_id"] is not None else None
 
 
 def get_reservation(conn: sqlite3.Connection, order_id: str) -> Reservation | None:

@@ -8,7 +8,7 @@ import time
 from order_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import InventoryFailed, InventoryReserved, OrderCancelRequested, OrderRequested, PaymentFailed
-from shared.envelope import Envelope, Event
+from shared.envelope import BadMessage, Envelope, Event
 from shared.logging import get_logger
 from shared.subjects import EventType, Stream
 
@@ -57,6 +57,9 @@ def on_inventory_reserved(tx: sqlite3.Connection, env: Envelope, data: Inventory
     if order is None:
         log.warning("order.reserved_for_unknown_order")
         return []
+    mismatch = order.reservation_mismatch([(item.sku, item.quantity) for item in data.items])
+    if mismatch:
+        raise BadMessage("reservation_mismatch", mismatch)
     events = order.confirm()
     if events:
         repository.save_status(tx, order)

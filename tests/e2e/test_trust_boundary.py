@@ -25,7 +25,7 @@ from shared.ops.auth import init, seed_path
 from shared.ops.harness import ServiceProcess, System
 from shared.partitions import Partitioning
 from shared.subjects import Stream
-from tests.conftest import poll, subject_count, unique
+from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 pytestmark = pytest.mark.e2e
@@ -328,3 +328,60 @@ async def run_audit_json(secure: System) -> dict[str, Any]:
     assert done.returncode in (0, 1), done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
+
+
+async def dead_letters_of(js: Any, order_id: str) -> list[tuple[str, str]]:
+    """(reason, subject as published) of every dead letter about ``order_id``."""
+    return [
+        (m.headers["Dlq-Reason"], m.headers["Dlq-Original-Subject"])
+        for m in await stream_messages(js, "DLQ")
+        if m.headers and m.headers.get("Dlq-Original-Subject", "").endswith(f".{order_id}")
+    ]
+
+
+async def test_a_payment_of_another_amount_or_customer_reserves_nothing(operator: Client, secure: System) -> None:
+    # Too poor for the order: payment_svc fails it, so only the payments below reach inventory.
+    customer, sku = await new_customer(operator, 100), await new_sku(operator, 5)
+    js = operator.jetstream()
+    order_id = unique("o")  # order_svc's created event, as inventory learns it
+    created = {
+        "customer_id": customer,
+        "items": [{"sku": sku, "quantity": 2, "unit_price_cents": 250}],
+        "total_cents": 500,
+    }
+    await js.publish(
+        f"orders.created.{order_id}", forged("orders.created", order_id, created), headers={"Nats-Msg-Id": unique("m")}
+    )
+    await poll(lambda: consumers_idle(js), lambda idle: idle)
+    for paid in ({"customer_id": customer, "amount_cents": 1}, {"customer_id": "mallory", "amount_cents": 500}):
+        await js.publish(
+            f"payments.completed.{order_id}",
+            forged("payments.completed", order_id, paid),
+            headers={"Nats-Msg-Id": unique("m")},
+        )
+    dead = await poll(lambda: dead_letters_of(js, order_id), lambda d: len(d) == 2)
+    assert dead == [("payment_mismatch", f"payments.completed.{order_id}")] * 2
+    assert await client.stock(operator, sku) == {"sku": sku, "available": 5, "reserved": 0}
+    assert await subject_count(js, "INVENTORY", f"inventory.reserved.{order_id}") == 0
+    # The payment the order needs is taken: the check is a match, not a refusal of everything.
+    right = {"customer_id": customer, "amount_cents": 500}
+    await js.publish(
+        f"payments.completed.{order_id}",
+        forged("payments.completed", order_id, right),
+        headers={"Nats-Msg-Id": unique("m")},
+    )
+    await poll(lambda: client.stock(operator, sku), lambda s: s == {"sku": sku, "available": 3, "reserved": 2})
+
+
+async def test_a_reservation_that_is_not_the_orders_confirms_nothing(operator: Client, secure: System) -> None:
+    order_id, _, sku = await confirmed_order(operator, secure)
+    js = operator.jetstream()
+    other: dict[str, object] = {"items": [{"sku": sku, "quantity": 1}]}  # the order was for 2
+    await js.publish(
+        f"inventory.reserved.{order_id}",
+        forged("inventory.reserved", order_id, other),
+        headers={"Nats-Msg-Id": unique("m")},
+    )
+    dead = await poll(lambda: dead_letters_of(js, order_id), lambda d: len(d) == 1)
+    assert dead == [("reservation_mismatch", f"inventory.reserved.{order_id}")]
+    assert await subject_count(js, "ORDERS", f"orders.confirmed.{order_id}") == 1
