@@ -11,7 +11,18 @@ from pydantic import Field
 
 from inventory_svc import domain, repository
 from inventory_svc.domain import Stock
-from shared.api import ApiError, ApiRequest, ByKey, Endpoint, PageRequest, json_endpoint, merge_pages, page
+from shared.api import (
+    ApiError,
+    ApiRequest,
+    ByKey,
+    Endpoint,
+    PageRequest,
+    RequestId,
+    already_applied,
+    json_endpoint,
+    merge_pages,
+    page,
+)
 from shared.contract import MAX_QUANTITY, Sku
 from shared.service import ServiceContext
 from shared.subjects import (
@@ -27,6 +38,8 @@ MAX_RESTOCK = MAX_QUANTITY * 1000
 class Restock(ApiRequest):
     sku: Sku
     quantity: Annotated[int, Field(ge=1, le=MAX_RESTOCK)]
+    request_id: RequestId | None = None
+    """Sent again under the same key (after a timeout), the restock is made once."""
 
 
 class GetStock(ApiRequest):
@@ -41,9 +54,13 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def restock(req: Restock) -> dict[str, Any]:
         # Committed before the reply: a client that got an answer can rely on the stock.
         def apply(tx: sqlite3.Connection) -> Stock:
-            stock = domain.restock(repository.get_stock(tx, [req.sku])[req.sku], req.sku, req.quantity)
+            current = repository.get_stock(tx, [req.sku])[req.sku]
+            recorded = repository.restock_of_request(tx, req.request_id)
+            if already_applied(req.request_id, recorded, (req.sku, req.quantity)) and current:
+                return current
+            stock = domain.restock(current, req.sku, req.quantity)
             repository.save_stock(tx, [stock])
-            repository.record_restock(tx, req.sku, req.quantity)
+            repository.record_restock(tx, req.sku, req.quantity, req.request_id)
             return stock
 
         stock = await ctx.store.run(apply)

@@ -40,12 +40,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS restocks (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    sku      TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    at       REAL NOT NULL
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sku        TEXT NOT NULL,
+    quantity   INTEGER NOT NULL,
+    at         REAL NOT NULL,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS restocks_by_sku ON restocks(sku);
+CREATE UNIQUE INDEX IF NOT EXISTS restocks_by_request ON restocks(request_id) WHERE request_id IS NOT NULL;
 -- Partitioned only: orders of this partition whose skus live in other partitions (docs/partitions.md).
 CREATE TABLE IF NOT EXISTS dispatches (
     order_id   TEXT PRIMARY KEY,
@@ -143,8 +145,19 @@ def save_reservation(tx: sqlite3.Connection, reservation: Reservation) -> None:
     )
 
 
-def record_restock(tx: sqlite3.Connection, sku: str, quantity: int) -> None:
-    tx.execute("INSERT INTO restocks(sku, quantity, at) VALUES (?, ?, ?)", (sku, quantity, time.time()))
+def record_restock(tx: sqlite3.Connection, sku: str, quantity: int, request_id: str | None) -> None:
+    tx.execute(
+        "INSERT INTO restocks(sku, quantity, at, request_id) VALUES (?, ?, ?, ?)",
+        (sku, quantity, time.time(), request_id),
+    )
+
+
+def restock_of_request(conn: sqlite3.Connection, request_id: str | None) -> tuple[str, int] | None:
+    """(sku, quantity) of the restock made under ``request_id``, if one was."""
+    if request_id is None:
+        return None
+    row = conn.execute("SELECT sku, quantity FROM restocks WHERE request_id = ?", (request_id,)).fetchone()
+    return (row["sku"], row["quantity"]) if row else None
 
 
 def get_dispatch(conn: sqlite3.Connection, order_id: str) -> Dispatch | None:

@@ -10,7 +10,18 @@ from pydantic import Field
 
 from payment_svc import domain, repository
 from payment_svc.domain import Account
-from shared.api import ApiError, ApiRequest, ByKey, Endpoint, PageRequest, json_endpoint, merge_pages, page
+from shared.api import (
+    ApiError,
+    ApiRequest,
+    ByKey,
+    Endpoint,
+    PageRequest,
+    RequestId,
+    already_applied,
+    json_endpoint,
+    merge_pages,
+    page,
+)
 from shared.contract import CustomerId
 from shared.service import ServiceContext
 from shared.subjects import API_PAYMENTS_ACCOUNT, API_PAYMENTS_ACCOUNTS, API_PAYMENTS_DEPOSIT, API_PAYMENTS_LIST
@@ -21,6 +32,8 @@ MAX_DEPOSIT_CENTS = 10**15
 class Deposit(ApiRequest):
     customer_id: CustomerId
     amount_cents: Annotated[int, Field(ge=1, le=MAX_DEPOSIT_CENTS)]
+    request_id: RequestId | None = None
+    """Sent again under the same key (after a timeout), the deposit is made once."""
 
 
 class GetAccount(ApiRequest):
@@ -31,9 +44,13 @@ def endpoints(ctx: ServiceContext) -> list[Endpoint]:
     async def deposit(req: Deposit) -> dict[str, Any]:
         # Committed before the reply: a client that got an answer can rely on the balance.
         def apply(tx: sqlite3.Connection) -> Account:
-            account = domain.deposit(repository.get_account(tx, req.customer_id), req.customer_id, req.amount_cents)
+            current = repository.get_account(tx, req.customer_id)
+            recorded = repository.deposit_of_request(tx, req.request_id)
+            if already_applied(req.request_id, recorded, (req.customer_id, req.amount_cents)) and current:
+                return current
+            account = domain.deposit(current, req.customer_id, req.amount_cents)
             repository.save_account(tx, account)
-            repository.record_deposit(tx, req.customer_id, req.amount_cents)
+            repository.record_deposit(tx, req.customer_id, req.amount_cents, req.request_id)
             return account
 
         account = await ctx.store.run(apply)

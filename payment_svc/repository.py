@@ -25,9 +25,11 @@ CREATE TABLE IF NOT EXISTS deposits (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     customer_id  TEXT NOT NULL,
     amount_cents INTEGER NOT NULL,
-    at           REAL NOT NULL
+    at           REAL NOT NULL,
+    request_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS deposits_by_customer ON deposits(customer_id);
+CREATE UNIQUE INDEX IF NOT EXISTS deposits_by_request ON deposits(request_id) WHERE request_id IS NOT NULL;
 -- Partitioned only: orders of this partition whose payment is in their customer's partition.
 CREATE TABLE IF NOT EXISTS forwarded (
     order_id    TEXT PRIMARY KEY,
@@ -42,6 +44,9 @@ def migrate(tx: sqlite3.Connection) -> None:
     file has no ``refused_cancel`` column: once, add it, and read a charge as held (a confirmed
     order's is captured by ``saga-audit --repair``, which re-sends its ``orders.confirmed``) and a
     refund as a release. A no-op on a new file and on one already migrated."""
+    deposit_columns = {row[1] for row in tx.execute("PRAGMA table_info(deposits)")}
+    if deposit_columns and "request_id" not in deposit_columns:
+        tx.execute("ALTER TABLE deposits ADD COLUMN request_id TEXT")  # deposits before idempotency keys
     columns = {row[1] for row in tx.execute("PRAGMA table_info(payments)")}
     if not columns or "refused_cancel" in columns:
         return
@@ -94,10 +99,19 @@ def save_payment(tx: sqlite3.Connection, payment: Payment) -> None:
     )
 
 
-def record_deposit(tx: sqlite3.Connection, customer_id: str, amount_cents: int) -> None:
+def record_deposit(tx: sqlite3.Connection, customer_id: str, amount_cents: int, request_id: str | None) -> None:
     tx.execute(
-        "INSERT INTO deposits(customer_id, amount_cents, at) VALUES (?, ?, ?)", (customer_id, amount_cents, time.time())
+        "INSERT INTO deposits(customer_id, amount_cents, at, request_id) VALUES (?, ?, ?, ?)",
+        (customer_id, amount_cents, time.time(), request_id),
     )
+
+
+def deposit_of_request(conn: sqlite3.Connection, request_id: str | None) -> tuple[str, int] | None:
+    """(customer_id, amount_cents) of the deposit made under ``request_id``, if one was."""
+    if request_id is None:
+        return None
+    row = conn.execute("SELECT customer_id, amount_cents FROM deposits WHERE request_id = ?", (request_id,)).fetchone()
+    return (row["customer_id"], row["amount_cents"]) if row else None
 
 
 def get_forwarded(conn: sqlite3.Connection, order_id: str) -> Forwarded | None:

@@ -41,6 +41,21 @@ class ApiRequest(BaseModel):
 
 ReqT = TypeVar("ReqT", bound=ApiRequest)
 
+RequestId = Annotated[str, Field(min_length=1, max_length=128)]
+"""An idempotency key: the client's name for one change (a deposit, a restock), so that sending
+it again after a timeout, to whichever instance answers, applies it once."""
+
+
+def already_applied(request_id: str | None, recorded: tuple[Any, ...] | None, asked: tuple[Any, ...]) -> bool:
+    """Whether the change ``request_id`` names was applied before (then apply nothing, answer as
+    now); ApiError if that key was used for a change with other content than ``asked``."""
+    if request_id is None or recorded is None:
+        return False
+    if recorded != asked:
+        raise ApiError("request_id_reused", f"request_id {request_id!r} was used for {recorded}, not {asked}")
+    return True
+
+
 MAX_PAGE = 1000
 
 

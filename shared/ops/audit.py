@@ -133,9 +133,7 @@ def _check_order(order_id: str, order: dict[str, Any], snap: Snapshot) -> list[D
     if status == "CONFIRMED":
         if pay_status == "HELD":
             found.append(
-                Discrepancy(
-                    "charge_not_captured", order_id, "charge still held", Repair(EventType.ORDERS_CONFIRMED)
-                )
+                Discrepancy("charge_not_captured", order_id, "charge still held", Repair(EventType.ORDERS_CONFIRMED))
             )
         elif pay_status != "CAPTURED":
             found.append(Discrepancy("confirmed_without_charge", order_id, f"payment is {pay_status}"))

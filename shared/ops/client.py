@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from shared.envelope import new_event_id
@@ -112,8 +115,26 @@ async def get_order(nc: Client, order_id: str) -> dict[str, Any] | None:
     return await _unless_not_found(nc, API_ORDERS_GET, {"order_id": order_id})
 
 
-async def deposit(nc: Client, customer_id: str, amount_cents: int) -> dict[str, Any]:
-    return await request(nc, API_PAYMENTS_DEPOSIT, {"customer_id": customer_id, "amount_cents": amount_cents})
+async def change(
+    nc: Client, subject: str, body: dict[str, Any], attempts: int = 4, timeout: float = 5.0
+) -> dict[str, Any]:
+    """A change (deposit, restock) under one idempotency key, sent again while it goes unanswered:
+    a failover or a slow instance can leave the first try applied with its reply lost, and the
+    service applies the key once (``request_id``, docs/events.md)."""
+    keyed = {**body, "request_id": body.get("request_id") or f"req-{uuid.uuid4().hex}"}
+    for attempt in range(1, attempts + 1):
+        try:
+            return await request(nc, subject, keyed, timeout=timeout)
+        except (NatsTimeout, NoRespondersError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def deposit(nc: Client, customer_id: str, amount_cents: int, request_id: str | None = None) -> dict[str, Any]:
+    body = {"customer_id": customer_id, "amount_cents": amount_cents, "request_id": request_id}
+    return await change(nc, API_PAYMENTS_DEPOSIT, body)
 
 
 async def balance(nc: Client, customer_id: str) -> int | None:
@@ -121,8 +142,8 @@ async def balance(nc: Client, customer_id: str) -> int | None:
     return None if account is None else int(account["balance_cents"])
 
 
-async def restock(nc: Client, sku: str, quantity: int) -> dict[str, Any]:
-    return await request(nc, API_INVENTORY_RESTOCK, {"sku": sku, "quantity": quantity})
+async def restock(nc: Client, sku: str, quantity: int, request_id: str | None = None) -> dict[str, Any]:
+    return await change(nc, API_INVENTORY_RESTOCK, {"sku": sku, "quantity": quantity, "request_id": request_id})
 
 
 async def stock(nc: Client, sku: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from nats.aio.client import Client
 
 from shared.ops import client
@@ -171,3 +172,26 @@ async def test_queries_answer_errors_as_json(nc: Client, system: System) -> None
     assert json.loads(reply.data)["error"]["code"] == "bad_request"
     reply = await nc.request("api.inventory.restock", b"not json", timeout=5)
     assert json.loads(reply.data)["error"]["code"] == "bad_request"
+
+
+async def test_a_deposit_or_restock_sent_again_under_its_request_id_applies_once(nc: Client) -> None:
+    customer, sku = unique("cust"), unique("sku")
+    key, stock_key = unique("req"), unique("req")
+    for _ in range(3):  # a client retrying after timeouts, whichever instance answers
+        assert await client.deposit(nc, customer, 700, request_id=key) == {
+            "customer_id": customer,
+            "balance_cents": 700,
+        }
+        assert await client.restock(nc, sku, 4, request_id=stock_key) == {"sku": sku, "available": 4, "reserved": 0}
+    with pytest.raises(client.ApiErrorReply) as reused:
+        await client.deposit(nc, customer, 900, request_id=key)
+    assert reused.value.code == "request_id_reused"
+    with pytest.raises(client.ApiErrorReply) as reused:
+        await client.restock(nc, sku, 1, request_id=stock_key)
+    assert reused.value.code == "request_id_reused"
+    # A new key is a new change; no key at all, as before, applies every time.
+    await client.deposit(nc, customer, 300, request_id=unique("req"))
+    await client.request(nc, "api.payments.deposit", {"customer_id": customer, "amount_cents": 1})
+    await client.request(nc, "api.payments.deposit", {"customer_id": customer, "amount_cents": 1})
+    assert await client.balance(nc, customer) == 1_002
+    assert await client.stock(nc, sku) == {"sku": sku, "available": 4, "reserved": 0}
