@@ -25,7 +25,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from shared.connection import connect, nats_url_from_env
+from shared.connection import CredentialsError, RefusedByServer, connect, nats_url_from_env
 from shared.ops.client import request
 from shared.subjects import (
     API_INVENTORY_RESERVATIONS,
@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         code = asyncio.run(main_async(args))
+    except (RefusedByServer, CredentialsError) as exc:  # one line, not a traceback: docs/operations.md
+        print(f"saga-audit: cannot connect: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         print(f"saga-audit: cannot audit: {exc!r}", file=sys.stderr)
         code = 2

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from shared.connection import connect, nats_url_from_env
+from shared.connection import CredentialsError, RefusedByServer, connect, nats_url_from_env
 from shared.jetstream import MSG_ID_HEADER
 from shared.partitions import split_stored
 from shared.subjects import PUBLIC_STREAMS, STREAM_SUBJECTS, Stream
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     except NotFoundError as exc:
         print(f"saga-dlq: not found: {exc.description}", file=sys.stderr)
         code = 1
+    except (RefusedByServer, CredentialsError) as exc:  # one line, not a traceback: docs/operations.md
+        print(f"saga-dlq: cannot connect: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         print(f"saga-dlq: {exc!r}", file=sys.stderr)
         code = 2

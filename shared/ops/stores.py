@@ -21,7 +21,7 @@ from pathlib import Path
 import nats
 
 from shared import registry
-from shared.connection import connect, nats_url_from_env
+from shared.connection import CredentialsError, RefusedByServer, connect, nats_url_from_env
 from shared.lease import ensure_buckets, read
 from shared.ops.harness import SERVICES
 from shared.partitions import Partitioning
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     except registry.NotTheRegisteredStore as exc:
         print(f"saga-store: refused: {exc}", file=sys.stderr)
         code = 1
+    except (RefusedByServer, CredentialsError) as exc:  # one line, not a traceback: docs/operations.md
+        print(f"saga-store: cannot connect: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         print(f"saga-store: {exc!r}", file=sys.stderr)
         code = 2

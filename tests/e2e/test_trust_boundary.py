@@ -385,3 +385,29 @@ async def test_a_reservation_that_is_not_the_orders_confirms_nothing(operator: C
     dead = await poll(lambda: dead_letters_of(js, order_id), lambda d: len(d) == 1)
     assert dead == [("reservation_mismatch", f"inventory.reserved.{order_id}")]
     assert await subject_count(js, "ORDERS", f"orders.confirmed.{order_id}") == 1
+
+
+def tool(
+    secure: System, name: str, *args: str, role: str = "operator", seed: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **secure.role_env(role)}
+    if seed is not None:
+        env["NATS_NKEY_SEED"] = str(seed)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / name), *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_the_operator_tools_run_with_the_operator_key_and_say_why_they_cannot_with_another(
+    secure: System, tmp_path: Path
+) -> None:
+    assert tool(secure, "saga-dlq", "list").returncode == 0
+    # The client's key may not read the dead letters, let alone replay them.
+    refused = tool(secure, "saga-dlq", "list", role="client")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "NATS refused: nats: permissions violation for publish to" in refused.stderr
+    # A key the server does not know: one line, no traceback.
+    stranger = tool(secure, "saga-audit", seed=unknown_seed(tmp_path))
+    assert stranger.returncode == 2
+    assert stranger.stderr.strip().startswith("saga-audit: cannot connect: ") and "\n" not in stranger.stderr.strip()
+    assert "refused the credentials" in stranger.stderr
