@@ -186,7 +186,7 @@ def refused(exc: BaseException) -> str | None:
 
 
 def denied(exc: BaseException) -> str | None:
-    """The subject a permissions violation names, or None for any other error.
+    """The text of a permissions violation (it names the subject refused), or None for any other error.
 
     nats-py reports a denied publish or subscribe only here, through ``error_cb``; the publish
     itself returns as if sent (a request then times out)."""

@@ -146,7 +146,13 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    log.info("service.starting", nats_url=settings.nats_url, db=str(settings.db_path), partitions=settings.partitions)
+    log.info(
+        "service.starting",
+        nats_url=settings.nats_url,
+        db=str(settings.db_path),
+        partitions=settings.partitions,
+        credentials=settings.credentials.describe(),
+    )
     nc = await _connect(settings, stop)
     if nc is None:  # stopped before NATS was ever reachable
         return 0
