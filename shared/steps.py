@@ -24,6 +24,17 @@ STEPS = "steps"
 """The event name of a batch: ``<service>.steps``."""
 
 MAX_STEPS = 10_000
+BATCH_BUDGET_BYTES = 512 * 1024
+"""A batch stays well under the server's ``max_payload`` (1 MiB, shared.ops.auth): a round of
+thousands of orders with a hundred long skus each would otherwise not fit in one message."""
+
+
+def _step_bound(step: dict[str, Any]) -> int:
+    """An upper bound of a step's JSON size, without encoding it: every field but a list of
+    items is bounded by the contract (ids and reasons of at most 128 characters), and an item
+    (a sku of at most 128 characters and a quantity) takes under 160 bytes."""
+    items = step["data"].get("items")
+    return 1024 + 160 * (len(items) if isinstance(items, list) else 0)
 
 
 class Step(EventData):
@@ -52,10 +63,22 @@ def batch_steps(caused: Sequence[tuple[Event, str | None]]) -> list[Event]:
         step = {"type": event.type, "order_id": event.order_id, "causation_id": cause, "data": event.data}
         batches.setdefault((domain, event.partition), []).append(step)
     for (domain, partition), steps in batches.items():
-        for start in range(0, len(steps), MAX_STEPS):
-            data = {"partition": partition, "steps": steps[start : start + MAX_STEPS]}
-            saga.append(Event(f"{domain}.{STEPS}", f"{STEPS}-{new_event_id()}", data, partition))
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for step in steps:
+            bound = _step_bound(step)
+            if chunk and (size + bound > BATCH_BUDGET_BYTES or len(chunk) == MAX_STEPS):
+                saga.append(_batch(domain, partition, chunk))
+                chunk, size = [], 0
+            chunk.append(step)
+            size += bound
+        saga.append(_batch(domain, partition, chunk))
     return saga
+
+
+def _batch(domain: str, partition: int, steps: list[dict[str, Any]]) -> Event:
+    data = {"partition": partition, "steps": steps}
+    return Event(f"{domain}.{STEPS}", f"{STEPS}-{new_event_id()}", data, partition)
 
 
 StepHandler = Callable[[sqlite3.Connection, Envelope, Any], list[Event]]

@@ -61,3 +61,16 @@ def test_a_batch_with_a_step_nobody_handles_is_bad_input() -> None:
     env = Envelope(event_id="b-1", type=batch.type, order_id=batch.order_id, data=batch.data)
     with pytest.raises(BadMessage, match="unroutable"):
         apply_batch({}, sqlite3.connect(":memory:"), env, StepBatch.model_validate(batch.data))
+
+
+def test_a_round_of_large_steps_is_split_into_batches_that_fit_the_servers_max_payload() -> None:
+    items = [{"sku": f"{n:03d}" + "s" * 125, "quantity": 1_000_000} for n in range(100)]  # the contract's largest
+    caused = [
+        (Event("inventory_svc.reserve_requested", f"o-{n}", {"items": items, "delegated": False}, 3), "e")
+        for n in range(200)
+    ]
+    batches = batch_steps(caused)
+    assert len(batches) > 1
+    for batch in batches:
+        assert len(batch.to_json(None)[1]) < 1024 * 1024
+    assert [step["order_id"] for b in batches for step in b.data["steps"]] == [f"o-{n}" for n in range(200)]
