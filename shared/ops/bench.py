@@ -271,6 +271,9 @@ class Result:
     load_generator: dict[str, float | None]
     elapsed_s: float
     timeline: list[dict[str, float]] = field(default_factory=list)
+    stored_bytes_per_saga: dict[str, float] = field(default_factory=dict)
+    """What each saga stream (and step stream) grew by, per order: the server's work grows with the
+    bytes it stores and delivers, not only the messages (docs/performance.md, "Partitions")."""
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -373,7 +376,7 @@ async def measure(
         await nc.subscribe("orders.cancelled.*", cb=tracker.on_outcome)
         await nc.flush()
         js = nc.jetstream()
-        events_before = await _events_stored(js)
+        stored_before = await _stored(js)
         load_generator = Proc("load generator", os.getpid())
         for p in [*procs, load_generator]:
             p.start_counting()
@@ -394,7 +397,8 @@ async def measure(
         await bar
         usage = {p.name: p.usage(elapsed) for p in procs}
         load_usage = load_generator.usage(elapsed)
-        events_after = await _events_stored(js)
+        stored_after = await _stored(js)
+        events = sum(m for m, _ in stored_after.values()) - sum(m for m, _ in stored_before.values())
         latencies = sorted((o.done_at - o.published_at) * 1000 for o in orders if o.done_at)
         outcomes = Counter(o.outcome or "not finished" for o in orders)
         wrong = sum(1 for o in orders if (floor is False and o.outcome != o.expected) or (floor and not o.done_at))
@@ -404,13 +408,17 @@ async def measure(
             orders=count,
             sagas_per_s=tracker.done / elapsed,
             latency_ms={q: percentile(latencies, v) for q, v in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
-            events_per_s=(events_after - events_before) / elapsed,
+            events_per_s=events / elapsed,
             outcomes=dict(outcomes),
             wrong_outcomes=wrong,
             processes=usage,
             load_generator=load_usage,
             elapsed_s=elapsed,
             timeline=timeline(orders, start),
+            stored_bytes_per_saga={
+                name: (size - stored_before.get(name, (0, 0))[1]) / max(count, 1)
+                for name, (_, size) in stored_after.items()
+            },
         )
     finally:
         if nc is not None:
@@ -424,13 +432,15 @@ async def measure(
             await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
 
 
-async def _events_stored(js: JetStreamContext) -> int:
-    """Messages in the saga's streams, the sub-steps' included (they exist only partitioned)."""
-    total = 0
+async def _stored(js: JetStreamContext) -> dict[str, tuple[int, int]]:
+    """(messages, bytes) in each of the saga's streams, the sub-steps' included (they exist only
+    partitioned)."""
+    found: dict[str, tuple[int, int]] = {}
     for stream in (*PUBLIC_STREAMS, *STEP_STREAMS):
         with contextlib.suppress(NotFoundError):
-            total += (await js.stream_info(stream.value)).state.messages
-    return total
+            state = (await js.stream_info(stream.value)).state
+            found[stream.value] = (state.messages, state.bytes)
+    return found
 
 
 # --- reporting --------------------------------------------------------------------------------------
@@ -460,6 +470,10 @@ def print_result(result: Result) -> None:
     print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
     services_ms, nats_ms = cpu_per_saga_ms(result)
     print(f"  CPU per saga ms     services {services_ms:.3f}   nats {nats_ms:.3f}")
+    if result.stored_bytes_per_saga:
+        stored = result.stored_bytes_per_saga
+        parts = ", ".join(f"{name} {size:.0f}" for name, size in stored.items() if size)
+        print(f"  stored per saga B   {sum(stored.values()):.0f} ({parts})")
     print(f"  {'process':<20} {'CPU %':>7} {'run queue %':>12} {'peak RSS MB':>12}")
     for name, usage in [*result.processes.items(), ("(load generator)", result.load_generator)]:
         waiting = usage["run_queue_percent"]

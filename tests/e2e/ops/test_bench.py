@@ -42,6 +42,10 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
     # Each of them handled hundreds of messages; the load generator's share may round to no clock tick.
     assert all(usage["cpu_percent"] > 0 for usage in saga["processes"].values())
     assert saga["outcomes"]["CONFIRMED"] > 200  # the default mix: about 80%
+    # Every saga stores its events in the three public streams, and nothing in step streams unpartitioned.
+    assert set(saga["stored_bytes_per_saga"]) == {"ORDERS", "PAYMENTS", "INVENTORY"}
+    assert all(size > 100 for size in saga["stored_bytes_per_saga"].values())
+    assert "stored per saga B" in done.stdout
     assert summary["floor_ratio"] > 0
     assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout and "run queue %" in done.stdout
 
