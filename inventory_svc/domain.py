@@ -246,11 +246,14 @@ def dispatch_cancelled(dispatched: Dispatch, reason: str) -> list[Event]:
 
 
 def _to_parts(dispatched: Dispatch, event_type: str, reason: str | None, skip: int | None = None) -> list[Event]:
+    """A commit or release for every part: naming the order only, as a part acts on the lines it
+    reserved (or, not having reserved yet, keeps the barrier): the steps' bytes are what the
+    server's work grows with (docs/performance.md)."""
     events = []
-    for partition, lines in dispatched.parts.items():
+    for partition in dispatched.parts:
         if partition == skip:
             continue
-        data: dict[str, object] = {"items": _items(lines)}
+        data: dict[str, object] = {}
         if reason is not None:
             data["reason"] = reason
         events.append(Event(event_type, dispatched.order_id, data, partition))

@@ -48,7 +48,13 @@ class ReserveRequested(PartLines):
     """The part holds every line of the order, so it answers the saga itself."""
 
 
-class ReleaseRequested(PartLines):
+class CommitRequested(EventData):
+    """A sub-step to a part: the order was confirmed; commit what the part reserved for it."""
+
+
+class ReleaseRequested(EventData):
+    """A sub-step to a part: the order was cancelled; release what the part reserved, or keep the barrier."""
+
     reason: Reason
 
 
@@ -223,7 +229,7 @@ def on_part_failed(tx: sqlite3.Connection, env: Envelope, data: PartFailed) -> l
     return _answered(tx, env.order_id, data.partition, (data.reason, data.sku))
 
 
-def on_commit_requested(tx: sqlite3.Connection, env: Envelope, data: PartLines) -> list[Event]:
+def on_commit_requested(tx: sqlite3.Connection, env: Envelope, data: CommitRequested) -> list[Event]:
     return _commit(tx, env.order_id)
 
 
@@ -266,7 +272,7 @@ def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
                                     ReserveRequested,
                                     functools.partial(on_reserve_requested, p),
                                 ),
-                                domain.COMMIT_REQUESTED: (PartLines, on_commit_requested),
+                                domain.COMMIT_REQUESTED: (CommitRequested, on_commit_requested),
                                 domain.RELEASE_REQUESTED: (ReleaseRequested, on_release_requested),
                                 domain.PART_RESERVED: (PartReserved, on_part_reserved),
                                 domain.PART_FAILED: (PartFailed, on_part_failed),

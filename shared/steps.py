@@ -29,44 +29,50 @@ BATCH_BUDGET_BYTES = 512 * 1024
 thousands of orders with a hundred long skus each would otherwise not fit in one message."""
 
 
-def _step_bound(step: dict[str, Any]) -> int:
+def _step_bound(data: dict[str, Any]) -> int:
     """An upper bound of a step's JSON size, without encoding it: every field but a list of
     items is bounded by the contract (ids and reasons of at most 128 characters), and an item
     (a sku of at most 128 characters and a quantity) takes under 160 bytes."""
-    items = step["data"].get("items")
+    items = data.get("items")
     return 1024 + 160 * (len(items) if isinstance(items, list) else 0)
 
 
-class Step(EventData):
-    type: Annotated[str, Field(min_length=1, max_length=128)]
-    order_id: Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)]
-    causation_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    data: dict[str, Any]
+StepType = Annotated[str, Field(min_length=1, max_length=128)]
+StepRow = tuple[
+    Annotated[int, Field(ge=0)],
+    Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)],
+    Annotated[str, Field(min_length=1, max_length=128)] | None,
+    dict[str, Any],
+]
+"""One step: ``[index into types, order_id, causation_id, data]``. Rows, not objects with their
+keys and type spelt out each time: partitioned, the server's work grows with the bytes it
+stores and delivers, and the steps were most of the bytes partitioning adds (performance.md)."""
 
 
 class StepBatch(EventData):
     partition: Annotated[int, Field(ge=0)]
     """The partition every step of the batch is for."""
-    steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_STEPS)]
+    types: Annotated[list[StepType], Field(min_length=1, max_length=64)]
+    """The step types of the batch, each once."""
+    steps: Annotated[list[StepRow], Field(min_length=1, max_length=MAX_STEPS)]
 
 
 def batch_steps(caused: Sequence[tuple[Event, str | None]]) -> list[Event]:
     """The round's events, its sub-steps merged into one batch per (service, partition);
     ``caused`` pairs each event with the event that caused it."""
     saga: list[Event] = []
-    batches: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    batches: dict[tuple[str, int], list[tuple[Event, str | None]]] = {}
     for event, cause in caused:
         if event.partition is None:
             saga.append(event)
             continue
         domain = event.type.partition(".")[0]
-        step = {"type": event.type, "order_id": event.order_id, "causation_id": cause, "data": event.data}
-        batches.setdefault((domain, event.partition), []).append(step)
+        batches.setdefault((domain, event.partition), []).append((event, cause))
     for (domain, partition), steps in batches.items():
-        chunk: list[dict[str, Any]] = []
+        chunk: list[tuple[Event, str | None]] = []
         size = 0
         for step in steps:
-            bound = _step_bound(step)
+            bound = _step_bound(step[0].data)
             if chunk and (size + bound > BATCH_BUDGET_BYTES or len(chunk) == MAX_STEPS):
                 saga.append(_batch(domain, partition, chunk))
                 chunk, size = [], 0
@@ -76,8 +82,10 @@ def batch_steps(caused: Sequence[tuple[Event, str | None]]) -> list[Event]:
     return saga
 
 
-def _batch(domain: str, partition: int, steps: list[dict[str, Any]]) -> Event:
-    data = {"partition": partition, "steps": steps}
+def _batch(domain: str, partition: int, steps: list[tuple[Event, str | None]]) -> Event:
+    types: dict[str, int] = {}
+    rows = [[types.setdefault(e.type, len(types)), e.order_id, cause, e.data] for e, cause in steps]
+    data = {"partition": partition, "types": list(types), "steps": rows}
     return Event(f"{domain}.{STEPS}", f"{STEPS}-{new_event_id()}", data, partition)
 
 
@@ -89,19 +97,22 @@ def apply_batch(
 ) -> list[Event]:
     """Each step of the batch by its own handler, in order, in the caller's transaction."""
     emitted: list[Event] = []
-    for n, step in enumerate(data.steps):
-        route = routes.get(step.type)
+    for n, (type_index, order_id, causation_id, step_data) in enumerate(data.steps):
+        if type_index >= len(data.types):
+            raise BadMessage("invalid_data", f"step {n}: type {type_index} of {len(data.types)}")
+        step_type = data.types[type_index]
+        route = routes.get(step_type)
         if route is None:
-            raise BadMessage("unroutable", f"step {n}: no handler for {step.type}")
+            raise BadMessage("unroutable", f"step {n}: no handler for {step_type}")
         model, handler = route
         # The batch's validation already checked every field as Envelope would.
         inner = Envelope.model_construct(
             event_id=f"{env.event_id}:{n}",
-            type=step.type,
-            order_id=step.order_id,
+            type=step_type,
+            order_id=order_id,
             occurred_at=env.occurred_at,
-            causation_id=step.causation_id,
-            data=step.data,
+            causation_id=causation_id,
+            data=step_data,
         )
         emitted += handler(tx, inner, parse_data(model, inner))
     return emitted
