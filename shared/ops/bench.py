@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -458,6 +459,17 @@ def cpu_per_saga_ms(result: Result) -> tuple[float, float]:
     return ms([n for n in result.processes if n not in nats_names]), ms(nats_names)
 
 
+def shape_ratios(base: Result, wide: Result) -> dict[str, float]:
+    """A partitioned run over the 1 x 1 run beside it: CPU per saga (all, services', the server's), sagas/s."""
+    (base_svc, base_nats), (wide_svc, wide_nats) = cpu_per_saga_ms(base), cpu_per_saga_ms(wide)
+    return {
+        "cpu_per_saga": (wide_svc + wide_nats) / (base_svc + base_nats),
+        "services_cpu": wide_svc / base_svc,
+        "nats_cpu": wide_nats / base_nats,
+        "sagas_per_s": wide.sagas_per_s / base.sagas_per_s,
+    }
+
+
 def print_result(result: Result) -> None:
     lat = result.latency_ms
     print(f"\n== {result.label}: {result.orders} orders in {result.elapsed_s:.1f}s ==")
@@ -528,19 +540,26 @@ async def run(args: argparse.Namespace) -> int:
     by_topology: dict[int, dict[str, Result]] = {}
     scaled = Shape(args.partitions, args.instances)
     shapes = [Shape()] if scaled == Shape() else [Shape(), scaled]
-    by_shape: dict[tuple[int, Shape], Result] = {}
+    by_shape: dict[tuple[int, Shape], list[Result]] = {}
     for size in topologies:
         suffix = f"-r{min(size, 3)}" if size else ""
         runs: dict[str, Result] = {}
-        for shape in shapes:
-            name = "" if shape == Shape() else shape.suffix
-            if args.floor:
-                runs[f"floor{name}"] = await measure(args, f"floor{suffix}{shape.suffix}", True, size, shape)
-                print_result(runs[f"floor{name}"])
-            runs[f"saga{name}"] = await measure(args, f"saga{suffix}{shape.suffix}", False, size, shape)
-            print_result(runs[f"saga{name}"])
-            by_shape[(size, shape)] = runs[f"saga{name}"]
-        results += runs.values()
+        # With --pairs, the two shapes alternate: this machine drifts within minutes, so each
+        # pair's ratio is taken from two runs next to each other, and the median of the pairs.
+        for pair in range(args.pairs if len(shapes) == 2 else 1):
+            for shape in shapes:
+                name = "" if shape == Shape() else shape.suffix
+                again = f"-{pair + 1}" if args.pairs > 1 and len(shapes) == 2 else ""
+                if args.floor:
+                    floor = await measure(args, f"floor{suffix}{shape.suffix}{again}", True, size, shape)
+                    runs[f"floor{name}"] = floor
+                    results.append(floor)
+                    print_result(floor)
+                saga = await measure(args, f"saga{suffix}{shape.suffix}{again}", False, size, shape)
+                runs[f"saga{name}"] = saga
+                results.append(saga)
+                print_result(saga)
+                by_shape.setdefault((size, shape), []).append(saga)
         by_topology[size] = runs
     summary: dict[str, Any] = {"args": vars(args), "results": [asdict(r) for r in results]}
     ratios: dict[str, float] = {}
@@ -555,16 +574,20 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"\n  saga / floor        {ratios[key]:10.3f}   (the cost of the guarantees, {where}{shaped})")
     if len(shapes) == 2:
         for size in topologies:
-            base, wide = by_shape[(size, Shape())], by_shape[(size, scaled)]
-            (base_svc, base_nats), (wide_svc, wide_nats) = cpu_per_saga_ms(base), cpu_per_saga_ms(wide)
             key = f"p{scaled.partitions}x{scaled.instances}_over_p1x1" + (f"_cluster_{size}" if size else "")
-            ratios[f"{key}_cpu_per_saga"] = (wide_svc + wide_nats) / (base_svc + base_nats)
-            ratios[f"{key}_services_cpu"] = wide_svc / base_svc
-            ratios[f"{key}_nats_cpu"] = wide_nats / base_nats
-            ratios[f"{key}_sagas_per_s"] = wide.sagas_per_s / base.sagas_per_s
+            pairs = [
+                shape_ratios(b, w) for b, w in zip(by_shape[(size, Shape())], by_shape[(size, scaled)], strict=True)
+            ]
+            for what in ("cpu_per_saga", "services_cpu", "nats_cpu", "sagas_per_s"):
+                ratios[f"{key}_{what}"] = statistics.median(p[what] for p in pairs)
+            if len(pairs) > 1:
+                summary[f"{key}_pairs"] = pairs
+                listed = ", ".join(f"{p['cpu_per_saga']:.3f}" for p in pairs)
+                print(f"\n  CPU per saga, {scaled.partitions} x {scaled.instances} / 1 x 1, pair by pair: {listed}")
             print(
                 f"\n  {scaled.partitions} partitions x {scaled.instances} instances / 1 x 1"
-                f"{f' (cluster of {size})' if size else ''}: CPU per saga {ratios[f'{key}_cpu_per_saga']:.3f}"
+                f"{f' (cluster of {size})' if size else ''}{' (median of the pairs)' if len(pairs) > 1 else ''}:"
+                f" CPU per saga {ratios[f'{key}_cpu_per_saga']:.3f}"
                 f" (services {ratios[f'{key}_services_cpu']:.3f}, NATS {ratios[f'{key}_nats_cpu']:.3f}),"
                 f" sagas/s {ratios[f'{key}_sagas_per_s']:.3f}"
             )
@@ -612,6 +635,13 @@ def main(argv: list[str] | None = None) -> None:
         help="PARTITIONS of the services; above 1 (or with --instances), runs 1 partition x 1 instance beside it",
     )
     parser.add_argument("--instances", type=int, default=1, help="instances of each service (and floor relay)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="with --partitions/--instances: run 1 x 1 and the shape alternately this many times, "
+        "and report each pair's ratio and their median",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats-sync", default="always", help="the server's sync_interval (default: always)")
     parser.add_argument(

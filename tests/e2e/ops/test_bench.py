@@ -56,3 +56,19 @@ def test_bench_keeps_a_runs_files_when_asked(tmp_path: Path) -> None:
     [workdir] = tmp_path.glob("saga-bench-saga-*")
     assert {"order_svc.sqlite3", "payment_svc.sqlite3", "inventory_svc.sqlite3"} <= {p.name for p in workdir.iterdir()}
     assert str(workdir) in done.stderr
+
+
+def test_a_shape_and_one_by_one_alternate_in_pairs_and_the_median_pair_is_reported(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    args = ["--burst", "200", "--partitions", "2", "--pairs", "2", "--nats-sync", "2m", "--out", str(tmp_path)]
+    done = run_bench(args, scratch)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [result_file] = tmp_path.glob("bench-*.json")
+    summary = json.loads(result_file.read_text())
+    assert [r["label"] for r in summary["results"]] == ["saga-1", "saga-p2x1-1", "saga-2", "saga-p2x1-2"]
+    pairs = [p["cpu_per_saga"] for p in summary["p2x1_over_p1x1_pairs"]]
+    assert len(pairs) == 2 and summary["p2x1_over_p1x1_cpu_per_saga"] == sum(pairs) / 2  # the median of two
+    # Partitioned, the step streams are stored too.
+    assert {"PAYMENT_STEPS", "INVENTORY_STEPS"} <= set(summary["results"][1]["stored_bytes_per_saga"])
+    assert "pair by pair" in done.stdout
