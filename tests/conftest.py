@@ -101,20 +101,3 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str | None
         if subject is None or split_stored(msg.subject or "")[1] == subject:
             found.append(msg)
     return found
-
-
-SAGA_STREAMS = ("ORDERS", "PAYMENTS", "INVENTORY", "PAYMENT_STEPS", "INVENTORY_STEPS")
-
-
-async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] = SAGA_STREAMS) -> bool:
-    """True when every durable consumer on ``streams`` (those that exist: the steps only when
-    partitioned) has nothing pending or unacknowledged."""
-    for stream in streams:
-        try:
-            consumers = await js.consumers_info(stream)
-        except nats.js.errors.NotFoundError:
-            continue
-        for info in consumers:
-            if info.num_pending or info.num_ack_pending:
-                return False
-    return True

@@ -39,17 +39,16 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER, publish_until_stored
 from shared.lease import read
 from shared.ops import client
 from shared.ops.audit import audit, collect
-from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm, store_files
+from shared.ops.harness import SERVICES, ServiceProcess, System, consumers_idle, exit_on_sigterm, store_files
 from shared.partitions import PART_PREFIX, Partitioning, split_stored
 from shared.settings import Settings
-from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS, Stream
+from shared.subjects import Stream
 
 DUP_HEADER = "Chaos-Dup"
 MALFORMED_HEADER = "Chaos-Malformed"
@@ -360,18 +359,6 @@ def stale_commits(db: Path, pauses: list[Pause]) -> tuple[int, list[str]]:
 # --- settling and checking --------------------------------------------------------------------
 
 
-async def _consumers_idle(js: JetStreamContext) -> bool:
-    for stream in (*PUBLIC_STREAMS, *STEP_STREAMS):
-        try:
-            consumers = await js.consumers_info(stream.value)
-        except NotFoundError:  # the steps' streams exist only partitioned
-            continue
-        for info in consumers:
-            if info.num_pending or info.num_ack_pending:
-                return False
-    return True
-
-
 async def settle(nc: Client, ledger: Ledger, deadline_s: float) -> float:
     """Wait until every order is decided and every consumer idle; return how long it took."""
     began = time.monotonic()
@@ -380,7 +367,7 @@ async def settle(nc: Client, ledger: Ledger, deadline_s: float) -> float:
         try:
             snap = await collect(nc)
             undecided = [o for o in ledger.orders if snap.orders.get(o, {}).get("status") not in client.TERMINAL]
-            if not undecided and await _consumers_idle(js):
+            if not undecided and await consumers_idle(js):
                 return time.monotonic() - began
         except Exception:  # a service still restarting
             pass

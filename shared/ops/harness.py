@@ -22,12 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
 from shared.connection import Credentials, connect
 from shared.lease import read as read_lease
 from shared.ops.auth import init as auth_init
 from shared.ops.auth import seed_path
 from shared.partitions import Partitioning
 from shared.settings import inbox_prefix_of
+from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS
 
 SERVICES = ("order_svc", "payment_svc", "inventory_svc")
 
@@ -67,6 +71,21 @@ def store_files(data_dir: Path, service: str) -> list[Path]:
     """The SQLite files of ``service`` in ``data_dir``: its one, or one per partition."""
     single = data_dir / f"{service}.sqlite3"
     return [single] if single.exists() else sorted(data_dir.glob(f"{service}.p*.sqlite3"))
+
+
+async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] | None = None) -> bool:
+    """True when every durable consumer on ``streams`` (default: the saga's, the sub-steps'
+    included, those that exist: the steps only when partitioned) has nothing pending or
+    unacknowledged. The tests and saga-chaos wait on it before they check anything."""
+    for stream in streams or tuple(s.value for s in (*PUBLIC_STREAMS, *STEP_STREAMS)):
+        try:
+            consumers = await js.consumers_info(stream)
+        except NotFoundError:
+            continue
+        for info in consumers:
+            if info.num_pending or info.num_ack_pending:
+                return False
+    return True
 
 
 def free_port() -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 import nats
 
 from shared.ops import client
-from shared.ops.harness import System
-from tests.conftest import consumers_idle, last_event, poll, subject_count, unique
+from shared.ops.harness import System, consumers_idle
+from tests.conftest import last_event, poll, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 

@@ -19,9 +19,9 @@ from nats.aio.client import Client
 from shared.connection import Credentials, connect
 from shared.ops import client
 from shared.ops.auth import seed_path
-from shared.ops.harness import System
+from shared.ops.harness import System, consumers_idle
 from shared.partitions import Partitioning
-from tests.conftest import consumers_idle, poll, stream_messages, subject_count
+from tests.conftest import poll, stream_messages, subject_count
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "events.md"

@@ -8,9 +8,9 @@ import sqlite3
 from nats.aio.client import Client
 
 from shared.ops import client
-from shared.ops.harness import SERVICES, System
+from shared.ops.harness import SERVICES, System, consumers_idle
 from shared.partitions import split_stored
-from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
+from tests.conftest import poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import nats
 
 from shared.ops import client
-from shared.ops.harness import SERVICES, NatsServer, System, free_port
-from tests.conftest import consumers_idle, poll, sync_probe, unique
+from shared.ops.harness import SERVICES, NatsServer, System, consumers_idle, free_port
+from tests.conftest import poll, sync_probe, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_stock
 
 ITEM_PRICE = 250

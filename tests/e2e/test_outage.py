@@ -8,8 +8,8 @@ import nats
 
 from shared.jetstream import ACK_WAIT_S
 from shared.ops import client
-from shared.ops.harness import System
-from tests.conftest import consumers_idle, last_event, poll, subject_count, sync_probe, unique
+from shared.ops.harness import System, consumers_idle
+from tests.conftest import last_event, poll, subject_count, sync_probe, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 

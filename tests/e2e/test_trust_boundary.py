@@ -22,10 +22,10 @@ from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops import client
 from shared.ops.audit import collect
 from shared.ops.auth import init, seed_path
-from shared.ops.harness import ServiceProcess, System
+from shared.ops.harness import ServiceProcess, System, consumers_idle
 from shared.partitions import Partitioning
 from shared.subjects import Stream
-from tests.conftest import consumers_idle, poll, stream_messages, subject_count, unique
+from tests.conftest import poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 pytestmark = pytest.mark.e2e

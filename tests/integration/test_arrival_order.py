@@ -12,9 +12,10 @@ from nats.js import JetStreamContext
 
 from inventory_svc.__main__ import INVENTORY_SERVICE
 from shared.ops.client import publish_event, restock, stock
+from shared.ops.harness import consumers_idle
 from shared.settings import Settings
 from shared.subjects import EventType
-from tests.conftest import consumers_idle, poll, stream_messages, unique
+from tests.conftest import poll, stream_messages, unique
 from tests.integration.conftest import consumer_state, query, running
 
 

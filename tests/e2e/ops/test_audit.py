@@ -13,8 +13,8 @@ import nats
 import pytest
 
 from shared.ops import client
-from shared.ops.harness import System
-from tests.conftest import consumers_idle, poll, unique
+from shared.ops.harness import System, consumers_idle
+from tests.conftest import poll, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 
