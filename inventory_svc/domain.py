@@ -71,14 +71,6 @@ def payment_mismatch(order: OrderTerms | None, paid: OrderTerms | None) -> str |
     )
 
 
-def order_lines(items: list[tuple[str, int]]) -> dict[str, int]:
-    """Sum an order's quantities per sku, keeping the order's first-seen sku order."""
-    lines: dict[str, int] = {}
-    for sku, quantity in items:
-        lines[sku] = lines.get(sku, 0) + quantity
-    return lines
-
-
 def _items(lines: Mapping[str, int]) -> list[dict[str, object]]:
     return [{"sku": sku, "quantity": qty} for sku, qty in lines.items()]
 

@@ -27,6 +27,7 @@ from shared.contract import (
     Reason,
     Sku,
     StockItem,
+    quantities_per_sku,
 )
 from shared.envelope import BadMessage, Envelope, Event, EventData
 from shared.logging import get_logger
@@ -69,13 +70,13 @@ class PartFailed(PartReserved):
 
 
 def _lines(data: PartLines) -> dict[str, int]:
-    return domain.order_lines([(item.sku, item.quantity) for item in data.items])
+    return quantities_per_sku([(item.sku, item.quantity) for item in data.items])
 
 
 def on_orders_created(
     partitioning: Partitioning, tx: sqlite3.Connection, env: Envelope, data: OrderCreated
 ) -> list[Event]:
-    lines = domain.order_lines([(item.sku, item.quantity) for item in data.items])
+    lines = quantities_per_sku([(item.sku, item.quantity) for item in data.items])
     terms = domain.OrderTerms(data.customer_id, data.total_cents)
     repository.add_order_lines(tx, env.order_id, lines, terms)
     early, paid = repository.take_early_payment(tx, env.order_id)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.contract import OrderItem, OrderRequested
+from shared.contract import OrderItem, OrderRequested, quantities_per_sku
 from shared.envelope import Event
 from shared.subjects import EventType
 
@@ -43,8 +42,8 @@ class Order:
     def reservation_mismatch(self, reserved: list[tuple[str, int]]) -> str | None:
         """Why ``reserved`` (sku, quantity) is not this order's reservation, or None if it is: the
         order is confirmed only on the stock it asked for, summed per sku as inventory keeps it."""
-        wanted = _per_sku((item.sku, item.quantity) for item in self.items)
-        got = _per_sku(reserved)
+        wanted = quantities_per_sku((item.sku, item.quantity) for item in self.items)
+        got = quantities_per_sku(reserved)
         if got == wanted:
             return None
         return f"reserved {dict(sorted(got.items()))}, but the order is for {dict(sorted(wanted.items()))}"
@@ -59,13 +58,6 @@ class Order:
 
     def timed_out(self, now: float, timeout_s: float) -> bool:
         return self.status is OrderStatus.PENDING and now - self.created_at >= timeout_s
-
-
-def _per_sku(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
-    summed: dict[str, int] = {}
-    for sku, quantity in lines:
-        summed[sku] = summed.get(sku, 0) + quantity
-    return summed
 
 
 def place_order(

@@ -6,6 +6,7 @@ integers: 100 items x 10^6 units x 10^10 cents stays below 2^63.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import Field
@@ -90,3 +91,12 @@ class InventoryFailed(EventData):
 
 class InventoryReleased(EventData):
     items: list[StockItem]
+
+
+def quantities_per_sku(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """An order's quantities summed per sku, in the order the skus first appear: how inventory
+    keeps an order's lines and reports its reservation, and how order_svc checks that report."""
+    summed: dict[str, int] = {}
+    for sku, quantity in lines:
+        summed[sku] = summed.get(sku, 0) + quantity
+    return summed

@@ -3,11 +3,11 @@ from inventory_svc.domain import (
     ReservationStatus,
     Stock,
     commit,
-    order_lines,
     release,
     reserve,
     restock,
 )
+from shared.contract import quantities_per_sku
 
 
 def stock(**levels: int) -> dict[str, Stock | None]:
@@ -15,7 +15,7 @@ def stock(**levels: int) -> dict[str, Stock | None]:
 
 
 def test_order_lines_sum_repeated_skus() -> None:
-    assert order_lines([("a", 1), ("b", 2), ("a", 3)]) == {"a": 4, "b": 2}
+    assert quantities_per_sku([("a", 1), ("b", 2), ("a", 3)]) == {"a": 4, "b": 2}
 
 
 def test_reserve_takes_every_line_and_emits_reserved() -> None:
