@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pydantic_core import from_json, to_json
 
 from inventory_svc.domain import Dispatch, DispatchStatus, OrderTerms, Reservation, ReservationStatus, Stock
+from shared.store import add_missing_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -80,15 +81,11 @@ def save_stock(tx: sqlite3.Connection, items: Iterable[Stock]) -> None:
 
 def migrate(tx: sqlite3.Connection) -> None:
     """Stores from before payments were matched to their orders lack the customer and amount
-    columns: add them (empty on old rows, which are then reserved unchecked, as before)."""
-    for table, columns in (
-        ("order_lines", ("customer_id TEXT", "total_cents INTEGER")),
-        ("early_payments", ("customer_id TEXT", "amount_cents INTEGER")),
-    ):
-        present = {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
-        for column in columns:
-            if present and column.split()[0] not in present:
-                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    columns: add them (empty on old rows, which are then reserved unchecked, as before). And
+    restocks from before idempotency keys lack ``request_id``, which the schema indexes."""
+    add_missing_columns(tx, "order_lines", "customer_id TEXT", "total_cents INTEGER")
+    add_missing_columns(tx, "early_payments", "customer_id TEXT", "amount_cents INTEGER")
+    add_missing_columns(tx, "restocks", "request_id TEXT")
 
 
 def add_order_lines(tx: sqlite3.Connection, order_id: str, lines: dict[str, int], terms: OrderTerms) -> None:

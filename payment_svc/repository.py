@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 from payment_svc.domain import Account, Forwarded, Payment, PaymentStatus
+from shared.store import add_missing_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -44,13 +45,9 @@ def migrate(tx: sqlite3.Connection) -> None:
     file has no ``refused_cancel`` column: once, add it, and read a charge as held (a confirmed
     order's is captured by ``saga-audit --repair``, which re-sends its ``orders.confirmed``) and a
     refund as a release. A no-op on a new file and on one already migrated."""
-    deposit_columns = {row[1] for row in tx.execute("PRAGMA table_info(deposits)")}
-    if deposit_columns and "request_id" not in deposit_columns:
-        tx.execute("ALTER TABLE deposits ADD COLUMN request_id TEXT")  # deposits before idempotency keys
-    columns = {row[1] for row in tx.execute("PRAGMA table_info(payments)")}
-    if not columns or "refused_cancel" in columns:
+    add_missing_columns(tx, "deposits", "request_id TEXT")  # deposits before idempotency keys
+    if not add_missing_columns(tx, "payments", "refused_cancel TEXT"):
         return
-    tx.execute("ALTER TABLE payments ADD COLUMN refused_cancel TEXT")
     tx.execute("UPDATE payments SET status = 'HELD' WHERE status = 'CHARGED'")
     tx.execute("UPDATE payments SET status = 'RELEASED' WHERE status = 'REFUNDED'")
 

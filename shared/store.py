@@ -174,6 +174,19 @@ class Store:
         await self._writer.close()
 
 
+def add_missing_columns(tx: sqlite3.Connection, table: str, *columns: str) -> list[str]:
+    """Add each column (``"name TYPE"``) that ``table`` lacks, for a service's ``migrate``; return
+    the names added. None for a table not made yet: the schema's CREATE TABLE has them all."""
+    present = {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
+    added = []
+    for column in columns:
+        name = column.split()[0]
+        if present and name not in present:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            added.append(name)
+    return added
+
+
 def _migrate_outbox_to_watermark(tx: sqlite3.Connection) -> None:
     """Schema 1 to 2: the relay's progress moves from a ``published_at`` per outbox row to one
     watermark. A no-op on a new file and on one already migrated.
