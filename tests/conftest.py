@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops.harness import NatsServer
 from shared.partitions import PART_PREFIX, split_stored
 
@@ -101,3 +102,15 @@ async def stream_messages(js: JetStreamContext, stream: str, subject: str | None
         if subject is None or split_stored(msg.subject or "")[1] == subject:
             found.append(msg)
     return found
+
+
+async def admitted(url: str, creds: Credentials, close: bool = False) -> Client | None:
+    """A connection the server takes with ``creds``, or None if it refuses them; ``close``: closed
+    at once (for polling until a reloaded server refuses a key)."""
+    try:
+        nc = await connect(url, creds, connect_timeout=2)
+    except RefusedByServer:
+        return None
+    if close:
+        await nc.close()
+    return nc

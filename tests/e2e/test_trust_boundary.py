@@ -25,7 +25,7 @@ from shared.ops.auth import init, seed_path
 from shared.ops.harness import ServiceProcess, System, consumers_idle
 from shared.partitions import Partitioning
 from shared.subjects import Stream
-from tests.conftest import poll, stream_messages, subject_count, unique
+from tests.conftest import admitted, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
 
 pytestmark = pytest.mark.e2e
@@ -254,7 +254,7 @@ async def test_a_client_application_gets_a_key_of_its_own_and_loses_it_when_revo
     init(secure.auth_dir, Partitioning(2), add_clients=["shop"])
     secure.server.proc.send_signal(signal.SIGHUP)  # the server reloads its configuration
     shop = Credentials(nkey_seed=seed_path(secure.auth_dir, "client-shop"), inbox_prefix="_INBOX_client-shop")
-    app = await poll(lambda: _admitted(secure.url, shop), lambda nc: nc is not None)
+    app = await poll(lambda: admitted(secure.url, shop), lambda nc: nc is not None)
     assert app is not None
     refusals = Refusals()
     try:
@@ -276,17 +276,7 @@ async def test_a_client_application_gets_a_key_of_its_own_and_loses_it_when_revo
     init(secure.auth_dir, Partitioning(2), revoke_clients=["shop"])
     secure.server.proc.send_signal(signal.SIGHUP)
     assert not seed_path(secure.auth_dir, "client-shop").exists()
-    await poll(lambda: _admitted(secure.url, Credentials(nkey_seed=kept), close=True), lambda nc: nc is None)
-
-
-async def _admitted(url: str, creds: Credentials, close: bool = False) -> Client | None:
-    try:
-        nc = await connect(url, creds, connect_timeout=2)
-    except RefusedByServer:
-        return None
-    if close:
-        await nc.close()
-    return nc
+    await poll(lambda: admitted(secure.url, Credentials(nkey_seed=kept), close=True), lambda nc: nc is None)
 
 
 # --- Defence in depth: inside the boundary (the operator's key can say anything), a forged or

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import nkeys
 import pytest
-from nats.aio.client import Client
 
 from shared.connection import Credentials, RefusedByServer, connect
 from shared.ops.auth import ROLES, init, previous_seed_path, seed_path
 from shared.ops.harness import _wait_for_line, free_port, nats_server_binary
 from shared.partitions import Partitioning
-from tests.conftest import poll
+from tests.conftest import admitted, poll
 
 CLI = Path(sys.executable).parent / "saga-auth"
 
@@ -96,21 +95,11 @@ async def _rotates_without_a_gap(url: str, keys: Path, server: subprocess.Popen[
     init(keys, Partitioning(1), rotate=True)
     server.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
     new = Credentials(nkey_seed=seed_path(keys, "order_svc"), inbox_prefix="_INBOX_order_svc")
-    fresh = await poll(lambda: _try_connect(url, new), lambda nc: nc is not None)
+    fresh = await poll(lambda: admitted(url, new), lambda nc: nc is not None)
     assert fresh is not None
     await running.jetstream().account_info()  # the process on its previous key is undisturbed
     await fresh.close()
     await running.close()
     init(keys, Partitioning(1), drop_previous=True)
     server.send_signal(signal.SIGHUP)
-    await poll(lambda: _try_connect(url, Credentials(nkey_seed=old_seed)), lambda nc: nc is None)
-
-
-async def _try_connect(url: str, creds: Credentials) -> Client | None:
-    try:
-        nc = await connect(url, creds, connect_timeout=2)
-    except RefusedByServer:
-        return None
-    if creds.nkey_seed and "old-" in creds.nkey_seed.name:
-        await nc.close()  # polled until refused: each admitted try is closed at once
-    return nc
+    await poll(lambda: admitted(url, Credentials(nkey_seed=old_seed), close=True), lambda nc: nc is None)
