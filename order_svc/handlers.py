@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 
 from order_svc import domain, repository
+from shared import metrics
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import InventoryFailed, InventoryReserved, OrderCancelRequested, OrderRequested, PaymentFailed
 from shared.envelope import BadMessage, Envelope, Event
 from shared.logging import get_logger
+from shared.store import after_commit
 from shared.subjects import EventType, Stream
 
 log = get_logger("order_svc")
@@ -27,6 +30,14 @@ def on_orders_requested(tx: sqlite3.Connection, env: Envelope, data: OrderReques
     return events
 
 
+def save_outcome(tx: sqlite3.Connection, order: domain.Order) -> None:
+    """Store an order's new CONFIRMED or CANCELLED, and count it once the transaction commits (a
+    round retried message by message would otherwise count it twice)."""
+    repository.save_status(tx, order)
+    seconds = time.time() - order.created_at
+    after_commit(tx, functools.partial(metrics.order_finished, order.status.value, order.reason, seconds))
+
+
 def _cancel(tx: sqlite3.Connection, order_id: str, reason: str) -> list[Event]:
     order = repository.get(tx, order_id)
     if order is None:
@@ -34,7 +45,7 @@ def _cancel(tx: sqlite3.Connection, order_id: str, reason: str) -> list[Event]:
         return []
     events = order.cancel(reason)
     if events:
-        repository.save_status(tx, order)
+        save_outcome(tx, order)
     else:
         log.debug("order.cancel_ignored", status=order.status.value)
     return events
@@ -62,7 +73,7 @@ def on_inventory_reserved(tx: sqlite3.Connection, env: Envelope, data: Inventory
         raise BadMessage("reservation_mismatch", mismatch)
     events = order.confirm()
     if events:
-        repository.save_status(tx, order)
+        save_outcome(tx, order)
     else:
         # Cancelled while the reservation was in flight: it stays cancelled, and the
         # orders.cancelled already emitted makes inventory give the stock back.

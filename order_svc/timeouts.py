@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 from order_svc import domain, repository
+from order_svc.handlers import save_outcome
 from shared import outbox
 from shared.aio import sleep_unless_stopped
 from shared.logging import get_logger
@@ -28,7 +29,7 @@ def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
     orders = repository.pending_older_than(tx, time.time() - timeout_s, SWEEP_BATCH)
     for order in orders:
         events = order.cancel(domain.TIMEOUT)
-        repository.save_status(tx, order)
+        save_outcome(tx, order)
         records = outbox.add(tx, events, causation_id=None)
         for event, record in zip(events, records, strict=True):
             log.info("order.timed_out", order_id=order.order_id, event_type=event.type, event_id=record.event_id)

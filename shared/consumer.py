@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
 
-from shared import inbox, outbox
+from shared import inbox, metrics, outbox
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
 from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, durable_name, ensure_consumer, reading_paused
@@ -205,6 +207,11 @@ class Consumer:
         assert self._puller is not None, "start() first"
         return await self._puller.take_ready(self._batch_size)
 
+    async def info(self, timeout: float) -> ConsumerInfo:
+        """The server's view of this durable consumer: what it has pending and unacknowledged."""
+        info: ConsumerInfo = await self._js.consumer_info(self.spec.stream.value, self.name, timeout=timeout)
+        return info
+
     async def close(self) -> None:
         if self._puller is not None:
             await self._puller.close()
@@ -224,21 +231,34 @@ class Consumer:
             raise BadMessage("wrong_partition", f"{msg.subject}: its key {key!r} is in partition {owner}")
         return decoded
 
-    async def settle(self, msg: Msg, outcome: Outcome) -> None:
-        """The ack policy: the one place that acks, naks or terms a message."""
+    def event_type_of(self, msg: Msg) -> str:
+        """The routed event type a message's subject names, or ``unknown``: a metric's label, so
+        only types this consumer routes, never whatever a bad subject says."""
+        published = split_stored(msg.subject)[1] if self.partitioning.partitioned else msg.subject
+        event_type = published.rpartition(".")[0]
+        return event_type if event_type in self.spec.routes else "unknown"
+
+    async def settle(self, msg: Msg, outcome: Outcome, event_type: str) -> None:
+        """The ack policy: the one place that acks, naks or terms a message, and counts what it did."""
         match outcome:
-            case Processed() | Duplicate():
+            case Processed():
                 await msg.ack()
+                metrics.handled(self.service, event_type, metrics.PROCESSED)
+            case Duplicate():
+                await msg.ack()
+                metrics.handled(self.service, event_type, metrics.DUPLICATE)
             case DeadLetter(reason=reason, detail=detail):
-                await self._dead_letter(msg, reason, detail)
+                await self._dead_letter(msg, reason, detail, event_type)
             case Retry(transient=transient, error=error):
                 deliveries = msg.metadata.num_delivered
                 if not transient and deliveries >= self._max_deliveries:
-                    await self._dead_letter(msg, "max_deliveries", f"{deliveries} deliveries; last error {error}")
+                    detail = f"{deliveries} deliveries; last error {error}"
+                    await self._dead_letter(msg, "max_deliveries", detail, event_type)
                 else:
                     await msg.nak(delay=retry_delay_s(deliveries))
+                    metrics.handled(self.service, event_type, metrics.RETRIED)
 
-    async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
+    async def _dead_letter(self, msg: Msg, reason: str, detail: str, event_type: str) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
         original_headers = msg.headers or {}
@@ -272,8 +292,10 @@ class Consumer:
             # Not in the DLQ yet, so not terminated: it comes back and is dead-lettered then.
             log.warning("dlq.publish_failed", error=repr(exc), reason=reason)
             await msg.nak(delay=retry_delay_s(meta.num_delivered))
+            metrics.handled(self.service, event_type, metrics.RETRIED)
             return
         await msg.term()
+        metrics.handled(self.service, event_type, metrics.DEAD_LETTERED, reason)
         log.warning(
             "event.dead_lettered",
             reason=reason,
@@ -332,6 +354,7 @@ class BatchLoop:
 
     async def process(self, taken: Sequence[tuple[Consumer, Msg]]) -> list[Outcome]:
         """Decode, apply in one transaction, then settle each message by its own outcome."""
+        started = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(taken)
         decoded: list[tuple[int, Decoded]] = []
         for i, (consumer, msg) in enumerate(taken):
@@ -346,13 +369,15 @@ class BatchLoop:
         final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
         # Committed: the events go out before the acks, in the same write.
         await self._relay.send([record for o in final if isinstance(o, Processed) for record in o.records])
-        for (consumer, msg), outcome in zip(taken, final, strict=True):
+        types = {i: item.envelope.type for i, item in decoded}
+        for i, ((consumer, msg), outcome) in enumerate(zip(taken, final, strict=True)):
             try:
-                await consumer.settle(msg, outcome)
+                await consumer.settle(msg, outcome, types.get(i) or consumer.event_type_of(msg))
             except Exception as error:
                 # NATS went away between commit and ack: the message comes back after ack_wait
                 # and the inbox recognises it, so nothing is lost or applied twice.
                 log.warning("consumer.settle_failed", consumer=consumer.name, error=repr(error))
+        metrics.round_done(taken[0][0].service, time.perf_counter() - started, len(taken))
         return final
 
     async def _apply(self, batch: Sequence[tuple[int, Decoded]]) -> None:

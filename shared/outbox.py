@@ -346,9 +346,13 @@ class Relay:
         self._saved_through = max(self._saved_through, through)
 
     async def pending_count(self) -> int:
-        def count(conn: sqlite3.Connection) -> int:
-            return int(
-                conn.execute("SELECT COUNT(*) FROM outbox WHERE id > ?", (published_through(conn),)).fetchone()[0]
-            )
+        """Rows committed and not yet acknowledged by their stream, as this relay knows it: past
+        its watermark in memory (the saved one trails it by up to a second), less those
+        acknowledged beyond a hole."""
+        through, ahead = self._through, len(self._published_ahead)
 
-        return await self._store.read(count)
+        def count(conn: sqlite3.Connection) -> int:
+            after = published_through(conn) if through is None else through
+            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE id > ?", (after,)).fetchone()[0])
+
+        return max(await self._store.read(count) - ahead, 0)

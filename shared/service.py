@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
-from shared import registry
+from shared import metrics, registry
 from shared.aio import forward, retrying, sleep_unless_stopped
 from shared.api import Endpoint, RepublishRequest, json_endpoint, sum_of
 from shared.balance import Membership, decide
@@ -153,6 +153,13 @@ async def serve(
         partitions=settings.partitions,
         credentials=settings.credentials.describe(),
     )
+    if settings.metrics_addr is not None:
+        try:
+            host, port = metrics.serve(*settings.metrics_addr)
+        except OSError as exc:
+            print(f"{settings.service}: cannot serve metrics on METRICS_ADDR: {exc}", file=sys.stderr, flush=True)
+            return 2
+        log.info("metrics.serving", url=f"http://{_url_host(host)}:{port}/metrics")
     nc = await _connect(settings, stop)
     if nc is None:  # stopped before NATS was ever reachable
         return 0
@@ -542,7 +549,8 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
             instance.started.set()
 
         waiting = asyncio.create_task(ending.wait())
-        await asyncio.wait([waiting, relay_task, replaced, *work], return_when=asyncio.FIRST_COMPLETED)
+        with metrics.LIVE_GAUGES.reading(functools.partial(_term_gauges, settings, unit, relay, batch_loop)):
+            await asyncio.wait([waiting, relay_task, replaced, *work], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
         crashed = [t for t in (relay_task, *work) if t.done()]
         if replaced.done() and replaced.result():
@@ -570,6 +578,27 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
     finally:
         await store.close()
     return 1 if failed else 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _term_gauges(
+    settings: Settings, unit: Unit, relay: Relay, batch_loop: BatchLoop
+) -> list[tuple[str, dict[str, str], float]]:
+    """A scrape's look at one partition this instance writes: its outbox and its consumers."""
+    of_partition = {"service": settings.service, "partition": str(unit.partition)}
+    samples: list[tuple[str, dict[str, str], float]] = [
+        ("saga_partition_owned", of_partition, 1.0),
+        ("saga_outbox_backlog", of_partition, float(await relay.pending_count())),
+    ]
+    for consumer in batch_loop.consumers:
+        info = await consumer.info(timeout=metrics.SCRAPE_READ_TIMEOUT_S / 2)
+        of_consumer = {"service": settings.service, "consumer": consumer.name}
+        samples.append(("saga_consumer_pending", of_consumer, float(info.num_pending or 0)))
+        samples.append(("saga_consumer_ack_pending", of_consumer, float(info.num_ack_pending or 0)))
+    return samples
 
 
 def _republish_endpoint(definition: ServiceDefinition, store: Store, relay: Relay) -> Endpoint:

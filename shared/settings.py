@@ -86,6 +86,18 @@ def inbox_prefix_of(role: str) -> str:
     return f"_INBOX_{role}"
 
 
+def _env_address(name: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:9464`` for IPv6; port 0: any free one); unset or empty: None."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{name}={raw!r}: give host:port, e.g. 127.0.0.1:9464 (port 0 picks a free one)")
+    return host, int(port)
+
+
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name) or default
     if raw.lower() not in {c.lower() for c in choices}:
@@ -178,6 +190,11 @@ class Settings:
     all. For one volume per set of partitions across hosts, as a StatefulSet gives each pod its own
     (docs/partitions.md, "Across hosts"): only these partitions' stores are made and claimed here."""
 
+    metrics_addr: tuple[str, int] | None = None
+    """``METRICS_ADDR`` (``host:port``): serve Prometheus metrics on ``http://host:port/metrics``;
+    port 0 picks a free port and logs it (``metrics.serving``). Unset: no metrics server
+    (docs/observability.md). ``0.0.0.0:9464`` is every interface: say so only on purpose."""
+
     @property
     def owned_partitions(self) -> list[int]:
         """The partitions this instance may own, in order."""
@@ -236,6 +253,7 @@ class Settings:
             partitions=_env_int("PARTITIONS", cls.partitions, minimum=1, maximum=MAX_PARTITIONS),
             partition_set=_env_partition_set("PARTITION_SET"),
             credentials=_env_credentials(inbox_prefix_of(service)),
+            metrics_addr=_env_address("METRICS_ADDR"),
         )
         if settings.partition_set is not None and not settings.owned_partitions:
             raise SettingsError(f"PARTITION_SET={os.environ.get('PARTITION_SET')!r}: no partition below PARTITIONS")

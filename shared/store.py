@@ -22,8 +22,11 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from shared.lease import Lease, LeaseLost
+from shared.logging import get_logger
 
 T = TypeVar("T")
+
+log = get_logger("store")
 
 SCHEMA_VERSION = 2
 
@@ -218,6 +221,26 @@ def _migrate_outbox_to_watermark(tx: sqlite3.Connection) -> None:
     tx.execute("UPDATE outbox_relay SET published_through = ?", (through,))
 
 
+_after_commit: dict[int, list[Callable[[], None]]] = {}
+"""Per open transaction (keyed by its connection: sqlite3 connections take no weak references),
+what to run once it commits. Emptied at every commit and rollback, so nothing outlives one."""
+
+
+def after_commit(tx: sqlite3.Connection, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once the transaction ``tx`` commits, and never if it (or the savepoint this is
+    called in) rolls back: for what must count only what was really stored, as metrics do. It runs
+    on the store's thread right after COMMIT; it must be quick and must not touch the store."""
+    _after_commit.setdefault(id(tx), []).append(fn)
+
+
+def _run_after_commit(conn: sqlite3.Connection) -> None:
+    for fn in _after_commit.pop(id(conn), ()):
+        try:
+            fn()
+        except Exception:  # committed already: a failing observer must not look like a failed commit
+            log.exception("store.after_commit_failed")
+
+
 def _in_transaction(
     conn: sqlite3.Connection,
     fn: Callable[[sqlite3.Connection], T],
@@ -229,9 +252,11 @@ def _in_transaction(
         if fence is not None:
             fence(conn)
     except BaseException:
+        _after_commit.pop(id(conn), None)
         conn.rollback()
         raise
     conn.commit()
+    _run_after_commit(conn)
     return result
 
 
@@ -314,9 +339,13 @@ async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: An
 def savepoint(conn: sqlite3.Connection, name: str = "msg") -> Iterator[None]:
     """A nested unit inside a transaction: on exception only its own writes are undone."""
     conn.execute(f"SAVEPOINT {name}")
+    pending = _after_commit.get(id(conn))
+    registered = len(pending) if pending else 0
     try:
         yield
     except BaseException:
+        if pending := _after_commit.get(id(conn)):
+            del pending[registered:]  # what the undone writes registered is undone with them
         conn.execute(f"ROLLBACK TO {name}")
         conn.execute(f"RELEASE {name}")
         raise

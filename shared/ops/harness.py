@@ -277,6 +277,8 @@ class ServiceProcess:
     args: tuple[str, ...] = ()
     instance: int = 1
     """Which instance of the service this is: the first writes, the others stand by."""
+    metrics_port: int = 0
+    """Where it serves ``/metrics`` on 127.0.0.1 (``METRICS_ADDR``), if it does."""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _log_offset: int = 0
@@ -388,6 +390,8 @@ class System:
     with its own key; the harness itself connects as ``operator``."""
     keys: Path | None = None
     """With ``auth``, the saga-auth directory to use instead of ``auth/``: that of ``nats_url``'s server."""
+    metrics: bool = False
+    """Each instance serves Prometheus metrics on a free 127.0.0.1 port of its own (``metrics_port``)."""
     server: NatsServer | None = None
     cluster: NatsCluster | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -493,7 +497,11 @@ class System:
             env["NATS_NKEY_SEED"] = str(seed_path(self.auth_dir, name))
         if self.cluster_size:
             env.setdefault("STREAM_REPLICAS", str(min(self.cluster_size, 3)))
-        svc = ServiceProcess(name, self.url, self.workdir, env, instance=instance)
+        metrics_port = 0
+        if self.metrics:
+            metrics_port = free_port()
+            env["METRICS_ADDR"] = f"127.0.0.1:{metrics_port}"
+        svc = ServiceProcess(name, self.url, self.workdir, env, instance=instance, metrics_port=metrics_port)
         self.services[svc.label] = svc
         return svc
 
