@@ -255,7 +255,11 @@ def _in_transaction(
         _after_commit.pop(id(conn), None)
         conn.rollback()
         raise
-    conn.commit()
+    try:
+        conn.commit()
+    except BaseException:
+        _after_commit.pop(id(conn), None)  # not committed: its observers must not run with the next one
+        raise
     _run_after_commit(conn)
     return result
 
