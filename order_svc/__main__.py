@@ -17,6 +17,7 @@ ORDER_SERVICE = ServiceDefinition(
     consumers=handlers.CONSUMERS,
     endpoints=api.endpoints,
     background=lambda ctx, stop: [run_timeouts(ctx, stop)],
+    migrate=repository.migrate,
 )
 
 

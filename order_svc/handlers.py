@@ -7,7 +7,7 @@ import sqlite3
 import time
 
 from order_svc import domain, repository
-from shared import metrics
+from shared import metrics, tracing
 from shared.consumer import ConsumerSpec, Route
 from shared.contract import InventoryFailed, InventoryReserved, OrderCancelRequested, OrderRequested, PaymentFailed
 from shared.envelope import BadMessage, Envelope, Event
@@ -22,7 +22,7 @@ def on_orders_requested(tx: sqlite3.Connection, env: Envelope, data: OrderReques
     existing = repository.get(tx, env.order_id)
     order, events = domain.place_order(env.order_id, env.event_id, data, existing, now=time.time())
     if order is not None:
-        repository.add(tx, order)
+        repository.add(tx, order, tracing.HANDLING.get())
     elif events:
         log.warning("order.rejected", reason=domain.DUPLICATE_ORDER_ID)
     else:

@@ -9,6 +9,7 @@ from pydantic import TypeAdapter
 
 from order_svc.domain import Order, OrderStatus
 from shared.contract import OrderItem
+from shared.store import add_missing_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -20,7 +21,10 @@ CREATE TABLE IF NOT EXISTS orders (
     reason      TEXT,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
-    request_event_id TEXT NOT NULL
+    request_event_id TEXT NOT NULL,
+    -- The span of its orders.requested handling, when traced (shared.tracing): what happens to
+    -- the order without a message (a timeout) joins its trace from here.
+    traceparent TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS orders_pending_by_age ON orders(created_at) WHERE status = 'PENDING';
 """
@@ -48,10 +52,15 @@ def get(conn: sqlite3.Connection, order_id: str) -> Order | None:
     return from_row(row) if row else None
 
 
-def add(tx: sqlite3.Connection, order: Order) -> None:
+def migrate(tx: sqlite3.Connection) -> None:
+    """An orders table from before tracing gets its (empty) ``traceparent`` column."""
+    add_missing_columns(tx, "orders", "traceparent TEXT")
+
+
+def add(tx: sqlite3.Connection, order: Order, traceparent: str | None = None) -> None:
     tx.execute(
         "INSERT INTO orders(order_id, customer_id, items, total_cents, status, reason, created_at, updated_at,"
-        " request_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " request_event_id, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             order.order_id,
             order.customer_id,
@@ -62,8 +71,15 @@ def add(tx: sqlite3.Connection, order: Order) -> None:
             order.created_at,
             time.time(),
             order.request_event_id,
+            traceparent,
         ),
     )
+
+
+def traceparent_of(conn: sqlite3.Connection, order_id: str) -> str | None:
+    """The span the order was placed in, if it was traced."""
+    row = conn.execute("SELECT traceparent FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    return row[0] if row else None
 
 
 def save_status(tx: sqlite3.Connection, order: Order) -> None:

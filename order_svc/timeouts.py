@@ -9,10 +9,11 @@ import time
 
 from order_svc import domain, repository
 from order_svc.handlers import save_outcome
-from shared import outbox
+from shared import outbox, tracing
 from shared.aio import sleep_unless_stopped
 from shared.logging import get_logger
 from shared.service import ServiceContext
+from shared.store import after_commit
 
 log = get_logger("order_svc.timeouts")
 
@@ -30,10 +31,21 @@ def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
     for order in orders:
         events = order.cancel(domain.TIMEOUT)
         save_outcome(tx, order)
-        records = outbox.add(tx, events, causation_id=None)
+        records = outbox.add(tx, events, causation_id=None, traceparent=_timeout_span(tx, order.order_id))
         for event, record in zip(events, records, strict=True):
             log.info("order.timed_out", order_id=order.order_id, event_type=event.type, event_id=record.event_id)
     return len(orders)
+
+
+def _timeout_span(tx: sqlite3.Connection, order_id: str) -> str | None:
+    """Tracing: the timeout as a span in the order's trace (ended if the cancel commits)."""
+    if not tracing.enabled():
+        return None
+    span = tracing.start_child(repository.traceparent_of(tx, order_id), "order timeout", {"saga.order_id": order_id})
+    if span is None:
+        return None
+    after_commit(tx, functools.partial(tracing.finish, span, "processed"))
+    return tracing.traceparent_of(span)
 
 
 async def cancel_timed_out(ctx: ServiceContext) -> int:

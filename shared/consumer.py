@@ -13,6 +13,7 @@ savepoint, so one message that fails rolls back only itself. The ack policy live
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import sqlite3
 import time
@@ -23,15 +24,16 @@ from typing import Any, Generic, TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
+from opentelemetry.trace import Span
 
-from shared import inbox, metrics, outbox
+from shared import inbox, metrics, outbox, tracing
 from shared.aio import forward, reconnect_backoff_s, sleep_unless_stopped, wait_event
 from shared.envelope import BadMessage, Envelope, Event, EventData, parse_envelope, parse_event
 from shared.jetstream import IDLE_WAIT_S, MSG_ID_HEADER, Puller, durable_name, ensure_consumer, reading_paused
 from shared.logging import about_message, get_logger
 from shared.outbox import OutboxRecord, Relay
 from shared.partitions import UNPARTITIONED, Partitioning, split_stored
-from shared.steps import batch_steps
+from shared.steps import StepBatch, batch_steps
 from shared.store import Store, is_transient_db_error, savepoint
 from shared.subjects import PUBLIC_STREAMS, Stream, consumer_filters, dlq_subject
 
@@ -120,6 +122,8 @@ class Decoded:
     route: Route[Any]
     data: EventData
     outcome: Outcome | None = field(default=None)
+    traceparent: str | None = None
+    """Tracing: the span of this message's handling, which what it emits descends from."""
 
 
 DLQ_HEADERS = (
@@ -238,27 +242,29 @@ class Consumer:
         event_type = published.rpartition(".")[0]
         return event_type if event_type in self.spec.routes else "unknown"
 
-    async def settle(self, msg: Msg, outcome: Outcome, event_type: str) -> None:
-        """The ack policy: the one place that acks, naks or terms a message, and counts what it did."""
+    async def settle(self, msg: Msg, outcome: Outcome, event_type: str) -> str:
+        """The ack policy: the one place that acks, naks or terms a message, and counts what it
+        did; returns that (a ``metrics`` outcome)."""
         match outcome:
             case Processed():
                 await msg.ack()
-                metrics.handled(self.service, event_type, metrics.PROCESSED)
+                done = metrics.PROCESSED
             case Duplicate():
                 await msg.ack()
-                metrics.handled(self.service, event_type, metrics.DUPLICATE)
+                done = metrics.DUPLICATE
             case DeadLetter(reason=reason, detail=detail):
-                await self._dead_letter(msg, reason, detail, event_type)
+                return await self._dead_letter(msg, reason, detail, event_type)
             case Retry(transient=transient, error=error):
                 deliveries = msg.metadata.num_delivered
                 if not transient and deliveries >= self._max_deliveries:
                     detail = f"{deliveries} deliveries; last error {error}"
-                    await self._dead_letter(msg, "max_deliveries", detail, event_type)
-                else:
-                    await msg.nak(delay=retry_delay_s(deliveries))
-                    metrics.handled(self.service, event_type, metrics.RETRIED)
+                    return await self._dead_letter(msg, "max_deliveries", detail, event_type)
+                await msg.nak(delay=retry_delay_s(deliveries))
+                done = metrics.RETRIED
+        metrics.handled(self.service, event_type, done)
+        return done
 
-    async def _dead_letter(self, msg: Msg, reason: str, detail: str, event_type: str) -> None:
+    async def _dead_letter(self, msg: Msg, reason: str, detail: str, event_type: str) -> str:
         meta = msg.metadata
         seq = meta.sequence.stream
         original_headers = msg.headers or {}
@@ -293,7 +299,7 @@ class Consumer:
             log.warning("dlq.publish_failed", error=repr(exc), reason=reason)
             await msg.nak(delay=retry_delay_s(meta.num_delivered))
             metrics.handled(self.service, event_type, metrics.RETRIED)
-            return
+            return metrics.RETRIED
         await msg.term()
         metrics.handled(self.service, event_type, metrics.DEAD_LETTERED, reason)
         log.warning(
@@ -303,6 +309,7 @@ class Consumer:
             subject=msg.subject,
             stream_sequence=seq,
         )
+        return metrics.DEAD_LETTERED
 
 
 class BatchLoop:
@@ -362,6 +369,8 @@ class BatchLoop:
                 decoded.append((i, consumer.decode(msg)))
             except BadMessage as bad:
                 outcomes[i] = DeadLetter(bad.reason, bad.detail)
+        types = {i: item.envelope.type for i, item in decoded}
+        spans = _start_spans(taken, decoded, types) if tracing.enabled() else {}
         if decoded:
             await self._apply(decoded)
             for i, item in decoded:
@@ -369,14 +378,16 @@ class BatchLoop:
         final = [o if o is not None else Retry(transient=True, error="no outcome") for o in outcomes]
         # Committed: the events go out before the acks, in the same write.
         await self._relay.send([record for o in final if isinstance(o, Processed) for record in o.records])
-        types = {i: item.envelope.type for i, item in decoded}
         for i, ((consumer, msg), outcome) in enumerate(zip(taken, final, strict=True)):
             try:
-                await consumer.settle(msg, outcome, types.get(i) or consumer.event_type_of(msg))
+                done = await consumer.settle(msg, outcome, types.get(i) or consumer.event_type_of(msg))
             except Exception as error:
                 # NATS went away between commit and ack: the message comes back after ack_wait
                 # and the inbox recognises it, so nothing is lost or applied twice.
                 log.warning("consumer.settle_failed", consumer=consumer.name, error=repr(error))
+                done = metrics.RETRIED
+            if i in spans:
+                tracing.finish(spans[i], done, _failure(outcome) if done != metrics.PROCESSED else "")
         metrics.round_done(taken[0][0].service, time.perf_counter() - started, len(taken))
         return final
 
@@ -421,7 +432,7 @@ class BatchLoop:
         last: Decoded | None = None
         for _, item in batch:
             env = item.envelope
-            with about_message(env.type, env.order_id, env.event_id):
+            with about_message(env.type, env.order_id, env.event_id), tracing.handling(item.traceparent):
                 seen_as = seen.get(env.event_id)
                 if seen_as is not None:  # before, or earlier in this round
                     if reused := inbox.reused_id(env, seen_as):
@@ -431,8 +442,8 @@ class BatchLoop:
                     continue
                 seen[env.event_id] = (env.type, env.order_id)
                 events = item.route.handler(tx, env, item.data)
-                records = outbox.from_events([e for e in events if e.partition is None], env.event_id)
-                steps += [(e, env.event_id) for e in events if e.partition is not None]
+                records = outbox.from_events([e for e in events if e.partition is None], env.event_id, item.traceparent)
+                steps += [(_in_span(e, item.traceparent), env.event_id) for e in events if e.partition is not None]
                 log.debug("event.processed", emitted=[e.type for e in events])
                 fresh.append(env)
                 emitted.extend(records)
@@ -448,12 +459,13 @@ class BatchLoop:
 
     def _apply_one(self, tx: sqlite3.Connection, item: Decoded) -> Processed | Duplicate:
         env = item.envelope
-        with about_message(env.type, env.order_id, env.event_id):
+        with about_message(env.type, env.order_id, env.event_id), tracing.handling(item.traceparent):
             if not inbox.record(tx, env):
                 log.debug("event.duplicate_skipped")
                 return Duplicate()
             events = item.route.handler(tx, env, item.data)
-            records = outbox.add(tx, batch_steps([(e, env.event_id) for e in events]), env.event_id)
+            caused = [(_in_span(e, item.traceparent), env.event_id) for e in events]
+            records = outbox.add(tx, batch_steps(caused), env.event_id, item.traceparent)
             log.debug("event.processed", emitted=[e.type for e in events])
             return Processed(records)
 
@@ -469,6 +481,55 @@ class BatchLoop:
             with about_message(env.type, env.order_id, env.event_id):
                 log.exception("handler.failed", transient=transient, deliveries=item.msg.metadata.num_delivered)
             return Retry(transient=transient, error=repr(exc))
+
+
+def _start_spans(
+    taken: Sequence[tuple[Consumer, Msg]], decoded: Sequence[tuple[int, Decoded]], types: Mapping[int, str]
+) -> dict[int, Span]:
+    """A span per message of the round, made before its transaction (which may run twice); a
+    batch of sub-steps has none, as each of its steps has its own (shared.steps)."""
+    items = dict(decoded)
+    spans: dict[int, Span] = {}
+    for i, (consumer, msg) in enumerate(taken):
+        item = items.get(i)
+        if item is not None and isinstance(item.data, StepBatch):
+            continue
+        event_type = types.get(i) or consumer.event_type_of(msg)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": consumer.name,
+            "messaging.batch.message_count": len(taken),
+        }
+        if item is not None:
+            env = item.envelope
+            attributes |= {"messaging.message.id": env.event_id, "saga.order_id": env.order_id}
+            if env.causation_id:
+                attributes["saga.causation_id"] = env.causation_id
+        span = tracing.start_handling(msg.headers, f"handle {event_type}", attributes)
+        if span is None:
+            continue
+        spans[i] = span
+        if item is not None:
+            item.traceparent = tracing.traceparent_of(span)
+    return spans
+
+
+def _in_span(event: Event, traceparent: str | None) -> Event:
+    """A sub-step carries the span it was emitted in (its row of the batch keeps it)."""
+    if traceparent is None or event.traceparent is not None:
+        return event
+    return dataclasses.replace(event, traceparent=traceparent)
+
+
+def _failure(outcome: Outcome) -> str:
+    match outcome:
+        case DeadLetter(reason=reason, detail=detail):
+            return f"{reason}: {detail}" if detail else reason
+        case Retry(error=error):
+            return error or "retried"
+    return ""
 
 
 def _header_safe(text: str, limit: int = 1024) -> str:

@@ -139,6 +139,9 @@ class Event:
     partition: int | None = None
     """A sub-step for this partition of the emitting service itself (docs/partitions.md), published
     on ``part.<partition>.<type>.<order_id>``; None for a saga event on ``<type>.<order_id>``."""
+    traceparent: str | None = None
+    """Set only by the runtime, when tracing: the span it was emitted in, if not the span of the
+    message being handled (a sub-step of a batch has a span of its own, shared.steps)."""
 
     @property
     def subject(self) -> str:

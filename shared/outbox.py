@@ -25,6 +25,7 @@ from shared.envelope import Event
 from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.logging import get_logger
 from shared.store import Store
+from shared.tracing import TRACEPARENT
 
 log = get_logger("outbox")
 
@@ -40,28 +41,40 @@ class OutboxRecord:
     """Its event_id, plus a suffix on an operator's re-send (so the stream keeps the copy)."""
     row_id: int = 0
     """Its outbox row's id, set by ``insert``: the relay's watermark counts in these."""
+    traceparent: str | None = None
+    """The span of the handling that emitted it (shared.tracing): the next handling's parent."""
 
     @property
     def message(self) -> tuple[str, bytes, dict[str, str]]:
-        """What ``Publisher`` sends: subject, payload, and the msg id the stream dedups on."""
-        return self.subject, self.payload, {MSG_ID_HEADER: self.msg_id}
+        """What ``Publisher`` sends: subject, payload, and headers: the msg id the stream dedups
+        on, and the trace the event belongs to, if tracing."""
+        if self.traceparent is None:
+            return self.subject, self.payload, {MSG_ID_HEADER: self.msg_id}
+        return self.subject, self.payload, {MSG_ID_HEADER: self.msg_id, TRACEPARENT: self.traceparent}
 
 
-def add(conn: sqlite3.Connection, events: Sequence[Event], causation_id: str | None) -> list[OutboxRecord]:
-    """Queue ``events`` (caused by the event ``causation_id``, if any) for publishing; they go
-    out only if the caller's transaction commits."""
-    records = from_events(events, causation_id)
+def add(
+    conn: sqlite3.Connection, events: Sequence[Event], causation_id: str | None, traceparent: str | None = None
+) -> list[OutboxRecord]:
+    """Queue ``events`` (caused by the event ``causation_id``, if any, in the span ``traceparent``)
+    for publishing; they go out only if the caller's transaction commits."""
+    records = from_events(events, causation_id, traceparent)
     insert(conn, records)
     return records
 
 
-def from_events(events: Sequence[Event], causation_id: str | None) -> list[OutboxRecord]:
+def from_events(
+    events: Sequence[Event], causation_id: str | None, traceparent: str | None = None
+) -> list[OutboxRecord]:
     """The outbox records of ``events``: ``add`` without the write, for a round that writes
-    the records of all its messages with one statement."""
+    the records of all its messages with one statement. An event's own ``traceparent`` (a
+    sub-step's span) wins over the one given."""
     records = []
     for event in events:
         event_id, payload = event.to_json(causation_id)
-        records.append(OutboxRecord(event_id, event.subject, payload, event_id))
+        records.append(
+            OutboxRecord(event_id, event.subject, payload, event_id, traceparent=event.traceparent or traceparent)
+        )
     return records
 
 
@@ -71,8 +84,8 @@ def insert(conn: sqlite3.Connection, records: Sequence[OutboxRecord]) -> None:
     if records:
         now = time.time()
         conn.executemany(
-            "INSERT INTO outbox(event_id, subject, payload, created_at) VALUES (?, ?, ?, ?)",
-            [(r.event_id, r.subject, r.payload, now) for r in records],
+            "INSERT INTO outbox(event_id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)",
+            [(r.event_id, r.subject, r.payload, now, r.traceparent) for r in records],
         )
         # One writer holds the lock and AUTOINCREMENT never reuses an id: the statement's rows
         # took consecutive ids ending at the last one inserted.
@@ -90,8 +103,8 @@ async def requeue(store: Store, subject: str) -> int:
 
     def requeue_rows(tx: sqlite3.Connection) -> int:
         sql = (
-            "INSERT INTO outbox(event_id, subject, payload, created_at, resends)"
-            " SELECT event_id, subject, payload, ?, MAX(resends) + 1 FROM outbox WHERE subject = ?"
+            "INSERT INTO outbox(event_id, subject, payload, created_at, resends, traceparent)"
+            " SELECT event_id, subject, payload, ?, MAX(resends) + 1, traceparent FROM outbox WHERE subject = ?"
             " GROUP BY event_id ORDER BY MIN(id)"
         )
         return tx.execute(sql, (time.time(), subject)).rowcount
@@ -112,10 +125,10 @@ def published_through(conn: sqlite3.Connection) -> int:
 def _rows_after(conn: sqlite3.Connection, after: int | None, limit: int) -> tuple[int, list[OutboxRecord]]:
     """The saved watermark if ``after`` is None, and up to ``limit`` rows past ``after`` (or it)."""
     start = published_through(conn) if after is None else after
-    sql = "SELECT id, event_id, subject, payload, resends FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
+    sql = "SELECT id, event_id, subject, payload, resends, traceparent FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
     return start, [
-        OutboxRecord(event_id, subject, payload, msg_id_of(event_id, resends), row_id)
-        for row_id, event_id, subject, payload, resends in conn.execute(sql, (start, limit))
+        OutboxRecord(event_id, subject, payload, msg_id_of(event_id, resends), row_id, traceparent)
+        for row_id, event_id, subject, payload, resends, traceparent in conn.execute(sql, (start, limit))
     ]
 
 

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import ServiceConfig
 
-from shared import metrics, registry
+from shared import metrics, registry, tracing
 from shared.aio import forward, retrying, sleep_unless_stopped
 from shared.api import Endpoint, RepublishRequest, json_endpoint, sum_of
 from shared.balance import Membership, decide
@@ -108,6 +110,7 @@ def main(definition: ServiceDefinition) -> None:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(definition.name, settings.log_format, settings.log_level)
+    tracing.configure(settings.traces_exporter, settings.traces_service_name, f"{socket.gethostname()}:{os.getpid()}")
     tune_gc()
     try:
         code = asyncio.run(serve(definition, settings))
@@ -117,6 +120,8 @@ def main(definition: ServiceDefinition) -> None:
     except RefusedByServer as exc:
         print(f"{definition.name}: cannot connect: {exc}", file=sys.stderr)
         code = 2
+    finally:
+        tracing.shutdown()
     raise SystemExit(code)
 
 
@@ -152,6 +157,7 @@ async def serve(
         db=str(settings.db_path),
         partitions=settings.partitions,
         credentials=settings.credentials.describe(),
+        traces=settings.traces_exporter,
     )
     if settings.metrics_addr is not None:
         try:

@@ -13,6 +13,7 @@ from shared.partitions import MAX_PARTITIONS, Partitioning
 from shared.streams import StreamSettings
 
 LogFormat = Literal["json", "console"]
+TracesExporter = Literal["none", "otlp", "console"]
 SqliteSync = Literal["FULL", "NORMAL"]
 
 
@@ -105,6 +106,20 @@ def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return next(c for c in choices if c.lower() == raw.lower())
 
 
+def _env_traces_exporter() -> TracesExporter:
+    """``OTEL_TRACES_EXPORTER`` as the OpenTelemetry spec reads it, for the exporters we ship:
+    ``otlp`` only over HTTP with protobuf (the spec's default; the gRPC exporter is not installed)."""
+    if (os.environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return "none"
+    exporter: TracesExporter = _env_choice("OTEL_TRACES_EXPORTER", "none", ("none", "otlp", "console"))  # type: ignore[assignment]
+    if exporter == "otlp":
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = (os.environ.get(name) or "").strip()
+            if protocol and protocol != "http/protobuf":
+                raise SettingsError(f"{name}={protocol!r}: only http/protobuf is supported")
+    return exporter
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a service process is configured with."""
@@ -195,6 +210,15 @@ class Settings:
     port 0 picks a free port and logs it (``metrics.serving``). Unset: no metrics server
     (docs/observability.md). ``0.0.0.0:9464`` is every interface: say so only on purpose."""
 
+    traces_exporter: TracesExporter = "none"
+    """``OTEL_TRACES_EXPORTER``: ``otlp`` sends a span per message handled over OTLP/HTTP (to
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, default ``http://localhost:4318``; the SDK reads the other
+    ``OTEL_*`` settings itself), ``console`` prints them on stderr; ``none`` (the default), or
+    ``OTEL_SDK_DISABLED=true``: no tracing, at no cost (docs/observability.md)."""
+
+    traces_service_name: str = ""
+    """``OTEL_SERVICE_NAME``: the name spans are reported under; the service's own by default."""
+
     @property
     def owned_partitions(self) -> list[int]:
         """The partitions this instance may own, in order."""
@@ -254,6 +278,8 @@ class Settings:
             partition_set=_env_partition_set("PARTITION_SET"),
             credentials=_env_credentials(inbox_prefix_of(service)),
             metrics_addr=_env_address("METRICS_ADDR"),
+            traces_exporter=_env_traces_exporter(),
+            traces_service_name=(os.environ.get("OTEL_SERVICE_NAME") or "").strip() or service,
         )
         if settings.partition_set is not None and not settings.owned_partitions:
             raise SettingsError(f"PARTITION_SET={os.environ.get('PARTITION_SET')!r}: no partition below PARTITIONS")

@@ -11,13 +11,18 @@ sub-step's handler is a state machine with its barrier, so a batch sent again ch
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import Field
 
+from shared import tracing
 from shared.envelope import BadMessage, Envelope, Event, EventData, new_event_id, parse_data
+from shared.metrics import PROCESSED
+from shared.store import after_commit
 from shared.subjects import ORDER_ID_PATTERN
 
 STEPS = "steps"
@@ -38,15 +43,17 @@ def _step_bound(data: dict[str, Any]) -> int:
 
 
 StepType = Annotated[str, Field(min_length=1, max_length=128)]
-StepRow = tuple[
-    Annotated[int, Field(ge=0)],
-    Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)],
-    Annotated[str, Field(min_length=1, max_length=128)] | None,
-    dict[str, Any],
-]
-"""One step: ``[index into types, order_id, causation_id, data]``. Rows, not objects with their
-keys and type spelt out each time: partitioned, the server's work grows with the bytes it
-stores and delivers, and the steps were most of the bytes partitioning adds (performance.md)."""
+_TypeIndex = Annotated[int, Field(ge=0)]
+_OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN.pattern)]
+_CausationId = Annotated[str, Field(min_length=1, max_length=128)] | None
+StepRow = (
+    tuple[_TypeIndex, _OrderId, _CausationId, dict[str, Any]]
+    | tuple[_TypeIndex, _OrderId, _CausationId, dict[str, Any], Annotated[str, Field(max_length=128)]]
+)
+"""One step: ``[index into types, order_id, causation_id, data]``, and when tracing, its cause's
+``traceparent`` last. Rows, not objects with their keys and type spelt out each time:
+partitioned, the server's work grows with the bytes it stores and delivers, and the steps were
+most of the bytes partitioning adds (performance.md)."""
 
 
 class StepBatch(EventData):
@@ -84,7 +91,10 @@ def batch_steps(caused: Sequence[tuple[Event, str | None]]) -> list[Event]:
 
 def _batch(domain: str, partition: int, steps: list[tuple[Event, str | None]]) -> Event:
     types: dict[str, int] = {}
-    rows = [[types.setdefault(e.type, len(types)), e.order_id, cause, e.data] for e, cause in steps]
+    rows = [
+        [types.setdefault(e.type, len(types)), e.order_id, cause, e.data, *([e.traceparent] if e.traceparent else [])]
+        for e, cause in steps
+    ]
     data = {"partition": partition, "types": list(types), "steps": rows}
     return Event(f"{domain}.{STEPS}", f"{STEPS}-{new_event_id()}", data, partition)
 
@@ -97,7 +107,8 @@ def apply_batch(
 ) -> list[Event]:
     """Each step of the batch by its own handler, in order, in the caller's transaction."""
     emitted: list[Event] = []
-    for n, (type_index, order_id, causation_id, step_data) in enumerate(data.steps):
+    for n, row in enumerate(data.steps):
+        type_index, order_id, causation_id, step_data = row[:4]
         if type_index >= len(data.types):
             raise BadMessage("invalid_data", f"step {n}: type {type_index} of {len(data.types)}")
         step_type = data.types[type_index]
@@ -114,8 +125,26 @@ def apply_batch(
             causation_id=causation_id,
             data=step_data,
         )
-        emitted += handler(tx, inner, parse_data(model, inner))
+        caused = handler(tx, inner, parse_data(model, inner))
+        if len(row) == 5 and tracing.enabled():
+            caused = _traced_step(tx, row[4], inner, caused)
+        emitted += caused
     return emitted
+
+
+def _traced_step(tx: sqlite3.Connection, cause: str, step: Envelope, caused: list[Event]) -> list[Event]:
+    """The step as a span of its own, a child of its cause; what it emits is in that span. The span
+    ends only if the batch's transaction commits: a batch retried step by step makes it again."""
+    span = tracing.start_child(
+        cause,
+        f"handle {step.type}",
+        {"saga.order_id": step.order_id, "saga.event_id": step.event_id, "saga.causation_id": step.causation_id or ""},
+    )
+    if span is None:
+        return caused
+    after_commit(tx, functools.partial(tracing.finish, span, PROCESSED))
+    traceparent = tracing.traceparent_of(span)
+    return [dataclasses.replace(event, traceparent=traceparent) for event in caused]
 
 
 def partition_of_batch(env: Envelope, data: StepBatch) -> int:

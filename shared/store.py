@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     -- 0 for the event as emitted, n for an operator's n-th re-send of it (saga-audit --repair):
     -- a copy of the row that goes out under a fresh Nats-Msg-Id, so the stream keeps it. The
     -- event_id, and so every consumer's inbox decision, stays the same.
-    resends      INTEGER NOT NULL DEFAULT 0
+    resends      INTEGER NOT NULL DEFAULT 0,
+    -- The W3C traceparent of the handling that emitted it (shared.tracing), NULL untraced: the
+    -- trace survives the relay and a restart, and a re-send stays in the order's trace.
+    traceparent  TEXT
 )"""
 
 OUTBOX_RELAY_TABLE = """
@@ -143,6 +146,7 @@ class Store:
         writer = await _connect(path, synchronous, busy_timeout_ms)
         try:
             await _on_thread(writer, _in_transaction, _migrate_outbox_to_watermark)
+            await _on_thread(writer, _in_transaction, _migrate_outbox_traceparent)
             if migrate is not None:
                 await _on_thread(writer, _in_transaction, migrate)
             await writer.executescript(SHARED_SCHEMA + service_schema)
@@ -219,6 +223,11 @@ def _migrate_outbox_to_watermark(tx: sqlite3.Connection) -> None:
     if kept.rowcount == 0:  # nothing was copied, so the new table has no sequence row yet
         tx.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('outbox', ?)", (high_water,))
     tx.execute("UPDATE outbox_relay SET published_through = ?", (through,))
+
+
+def _migrate_outbox_traceparent(tx: sqlite3.Connection) -> None:
+    """An outbox from before tracing gets its (empty) ``traceparent`` column."""
+    add_missing_columns(tx, "outbox", "traceparent TEXT")
 
 
 _after_commit: dict[int, list[Callable[[], None]]] = {}

@@ -163,6 +163,7 @@ async def test_documented_lines_run_as_documented(tmp_path: Path, partitions: in
             "doc-order-1": ("CONFIRMED", None),
             "doc-order-2": ("CANCELLED", "insufficient_funds"),
             "doc-order-3": ("CANCELLED", "out_of_stock"),
+            "doc-trace-1": ("CANCELLED", "unknown_customer"),  # its traceparent changes nothing else
         }
         for order_id, (status, reason) in expected.items():
             order = await client.wait_until_terminal(nc, order_id)

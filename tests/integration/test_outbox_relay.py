@@ -21,6 +21,7 @@ from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.outbox import OutboxRecord, Relay, published_through
 from shared.store import SCHEMA_VERSION, Store
 from shared.streams import ensure_streams
+from shared.tracing import TRACEPARENT
 from tests.conftest import poll, sync_probe, unique
 from tests.integration.conftest import query
 
@@ -156,3 +157,39 @@ CREATE INDEX outbox_unpublished ON outbox(id) WHERE published_at IS NULL;
 
 def _saved(store: Store) -> Callable[[], asyncio.Future[int]]:
     return lambda: asyncio.ensure_future(store.read(published_through))
+
+
+async def test_a_rows_traceparent_goes_out_with_it_after_a_restart_and_on_a_resend(
+    tmp_path: Path, nc: Client, js: JetStreamContext
+) -> None:
+    await ensure_streams(js)
+    db = tmp_path / "traced.sqlite3"
+    traced, untraced = unique("o"), unique("o")
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    store = await Store.open(db, ORDER_SCHEMA)
+    [record] = await store.run(lambda tx: outbox.add(tx, [Event("orders.created", traced, {})], None, parent))
+    await store.run(lambda tx: outbox.add(tx, [Event("orders.created", untraced, {})], None))
+    await store.close()  # committed, never published: the process stopped here
+
+    store = await Store.open(db, ORDER_SCHEMA)
+    sub = await nc.subscribe("orders.created.*")
+    try:
+        publisher = Publisher(nc)
+        await publisher.start()
+        relay = Relay(store, publisher)
+        assert await relay.publish_pending() == 2  # the first scan reads what the last run left
+        first, second = await sub.next_msg(timeout=5), await sub.next_msg(timeout=5)
+        assert (first.subject, first.headers) == (
+            f"orders.created.{traced}",
+            {MSG_ID_HEADER: record.event_id, TRACEPARENT: parent},
+        )
+        assert second.subject == f"orders.created.{untraced}" and TRACEPARENT not in (second.headers or {})
+        # A repair's re-send stays in the order's trace.
+        assert await outbox.requeue(store, f"orders.created.{traced}") == 1
+        relay.wake()
+        assert await relay.publish_pending() == 1
+        again = await sub.next_msg(timeout=5)
+        assert again.headers == {MSG_ID_HEADER: f"{record.event_id}:resend:1", TRACEPARENT: parent}
+    finally:
+        await sub.unsubscribe()
+        await store.close()

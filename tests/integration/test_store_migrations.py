@@ -1,6 +1,6 @@
 """Stores of earlier versions open as the current ones: payment_svc's from before try-confirm-
 cancel (a charge is held, a refund a release) and inventory_svc's from before payments were
-matched and restocks keyed."""
+matched and restocks keyed, and order_svc's from before tracing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import sqlite3
 from pathlib import Path
 
 from inventory_svc import repository as inventory_repository
+from order_svc import repository as order_repository
 from payment_svc import repository
 from payment_svc.domain import PaymentStatus
+from shared import outbox
+from shared.jetstream import MSG_ID_HEADER
 from shared.store import Store
 
 
@@ -71,3 +74,29 @@ async def test_an_old_inventory_store_opens_with_its_lines_unchecked_and_its_res
         )
     finally:
         await store.close()
+
+
+async def test_an_order_store_from_before_tracing_opens_with_its_rows_untraced(tmp_path: Path) -> None:
+    db = tmp_path / "order_svc.sqlite3"
+    with sqlite3.connect(db) as old:
+        old.executescript(
+            "CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, items TEXT NOT NULL,"
+            " total_cents INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT, created_at REAL NOT NULL,"
+            " updated_at REAL NOT NULL, request_event_id TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO orders VALUES ('o-1', 'alice', '[]', 0, 'PENDING', NULL, 0, 0, 'e-1');"
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,"
+            " subject TEXT NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,"
+            " resends INTEGER NOT NULL DEFAULT 0);"
+            "INSERT INTO outbox(event_id, subject, payload, created_at)"
+            " VALUES ('e-2', 'orders.created.o-1', x'7b7d', 0);"
+            "CREATE TABLE outbox_relay (singleton INTEGER PRIMARY KEY CHECK (singleton = 1),"
+            " published_through INTEGER NOT NULL); INSERT INTO outbox_relay VALUES (1, 0);"
+        )
+    for _ in range(2):  # the second open finds nothing to do
+        store = await Store.open(db, order_repository.SCHEMA, migrate=order_repository.migrate)
+        try:
+            assert await store.read(lambda c: order_repository.traceparent_of(c, "o-1")) is None
+            _, [row] = await store.read(lambda c: outbox._rows_after(c, None, 10))
+            assert (row.event_id, row.traceparent, row.message[2]) == ("e-2", None, {MSG_ID_HEADER: "e-2"})
+        finally:
+            await store.close()
