@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -43,6 +44,7 @@ from shared.connection import connect
 from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.ops import client
 from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
+from shared.ops.otlp import OtlpReceiver
 from shared.runtime import tune_gc
 from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS
 
@@ -272,6 +274,8 @@ class Result:
     load_generator: dict[str, float | None]
     elapsed_s: float
     timeline: list[dict[str, float]] = field(default_factory=list)
+    spans_per_saga: float = 0.0
+    """Traced: spans the services exported per saga, counted once they have stopped (and flushed)."""
     stored_bytes_per_saga: dict[str, float] = field(default_factory=dict)
     """What each saga stream (and step stream) grew by, per order: the server's work grows with the
     bytes it stores and delivers, not only the messages (docs/performance.md, "Partitions")."""
@@ -284,18 +288,32 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def timeline(orders: list[Order], start: float) -> list[dict[str, float]]:
-    """Per second since the start: sagas completed, and the latency percentiles of those."""
+NICE_BUCKETS_S = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+CHART_POINTS = 60
+"""About how many buckets a run's timeline has, whatever its length: a 5 s burst in one-second
+buckets was five points, which hid its ramp-up and drain."""
+
+
+def bucket_s(elapsed_s: float) -> float:
+    """The smallest round bucket that cuts ``elapsed_s`` into at most about CHART_POINTS."""
+    return next((b for b in NICE_BUCKETS_S if elapsed_s / b <= CHART_POINTS), NICE_BUCKETS_S[-1])
+
+
+def timeline(orders: list[Order], start: float, elapsed_s: float) -> list[dict[str, float]]:
+    """Per time bucket since the start (``bucket_s``): sagas completed per second in it, and the
+    end-to-end latency percentiles of those."""
+    width = bucket_s(elapsed_s)
     buckets: dict[int, list[float]] = {}
     for o in orders:
         if o.done_at:
-            buckets.setdefault(int(o.done_at - start), []).append((o.done_at - o.published_at) * 1000)
+            buckets.setdefault(int((o.done_at - start) / width), []).append((o.done_at - o.published_at) * 1000)
     out = []
-    for second in sorted(buckets):
-        lat = sorted(buckets[second])
-        out.append(
-            {"t": second, "sagas": len(lat), "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": lat[-1]}
-        )
+    for n in range(max(buckets, default=-1) + 1):  # empty buckets too: a stall shows as a drop to 0
+        lat = sorted(buckets.get(n, []))
+        point = {"t": round(n * width, 3), "bucket_s": width, "sagas_per_s": len(lat) / width}
+        if lat:
+            point |= {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": lat[-1]}
+        out.append(point)
     return out
 
 
@@ -305,10 +323,18 @@ class Shape:
 
     partitions: int = 1
     instances: int = 1
+    tracing: bool = False
+    """Every service exports a span per message handled, over OTLP/HTTP to a receiver in the bench
+    that only counts them (its CPU is the load generator's, not the services')."""
 
     @property
     def suffix(self) -> str:
-        return "" if self == Shape() else f"-p{self.partitions}x{self.instances}"
+        scaled = "" if (self.partitions, self.instances) == (1, 1) else f"-p{self.partitions}x{self.instances}"
+        return scaled + ("-traced" if self.tracing else "")
+
+    @property
+    def key(self) -> str:
+        return f"p{self.partitions}x{self.instances}" + ("_traced" if self.tracing else "")
 
 
 async def measure(
@@ -324,9 +350,13 @@ async def measure(
     env = {"ORDER_TIMEOUT_S": str(args.order_timeout), "LOG_LEVEL": args.log_level, "PARTITIONS": str(shape.partitions)}
     if cluster_size:
         env["STREAM_REPLICAS"] = str(min(cluster_size, 3))
+    receiver = OtlpReceiver(keep=False).start() if shape.tracing and not floor else None
+    if receiver is not None:
+        env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
     services: list[ServiceProcess] = []
     nc: Client | None = None
     keep_workdir = True  # until the run has given a right answer: then its files are evidence
+    result: Result | None = None
     try:
         await asyncio.to_thread(nats_system.start_nats)
         instances = range(1, shape.instances + 1)
@@ -404,7 +434,7 @@ async def measure(
         outcomes = Counter(o.outcome or "not finished" for o in orders)
         wrong = sum(1 for o in orders if (floor is False and o.outcome != o.expected) or (floor and not o.done_at))
         keep_workdir = args.keep_workdir or wrong > 0
-        return Result(
+        result = Result(
             label=label,
             orders=count,
             sagas_per_s=tracker.done / elapsed,
@@ -415,18 +445,23 @@ async def measure(
             processes=usage,
             load_generator=load_usage,
             elapsed_s=elapsed,
-            timeline=timeline(orders, start),
+            timeline=timeline(orders, start, elapsed),
             stored_bytes_per_saga={
                 name: (size - stored_before.get(name, (0, 0))[1]) / max(count, 1)
                 for name, (_, size) in stored_after.items()
             },
         )
+        return result
     finally:
         if nc is not None:
             await nc.close()
         for svc in services:
             await asyncio.to_thread(svc.stop)
         await asyncio.to_thread(nats_system.stop)
+        if receiver is not None:
+            if result is not None:
+                result.spans_per_saga = receiver.count / max(result.orders, 1)
+            receiver.stop()
         if keep_workdir:
             print(f"  {label}: the stream store, SQLite files and logs are in {workdir}", file=sys.stderr)
         else:  # a 100,000-order run leaves about half a gigabyte
@@ -482,6 +517,8 @@ def print_result(result: Result) -> None:
     print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
     services_ms, nats_ms = cpu_per_saga_ms(result)
     print(f"  CPU per saga ms     services {services_ms:.3f}   nats {nats_ms:.3f}")
+    if result.spans_per_saga:
+        print(f"  spans per saga      {result.spans_per_saga:10.1f}   (exported over OTLP/HTTP)")
     if result.stored_bytes_per_saga:
         stored = result.stored_bytes_per_saga
         parts = ", ".join(f"{name} {size:.0f}" for name, size in stored.items() if size)
@@ -504,16 +541,18 @@ def write_chart(results: list[Result], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for result in results:
         t = [b["t"] for b in result.timeline]
-        bottom.plot(t, [b["sagas"] for b in result.timeline], marker=".", label=f"{result.label} sagas/s")
+        bottom.plot(t, [b["sagas_per_s"] for b in result.timeline], marker=".", label=f"{result.label} sagas/s")
         if not result.label.startswith("floor"):
+            timed = [b for b in result.timeline if "p50" in b]
             for q, style in (("p50", "-"), ("p99", "--"), ("max", ":")):
-                top.plot(t, [b[q] for b in result.timeline], style, marker=".", label=f"{result.label} {q}")
+                top.plot([b["t"] for b in timed], [b[q] for b in timed], style, marker=".", label=f"{result.label} {q}")
     top.set_ylabel("end-to-end latency (ms)")
     top.set_yscale("log")
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
+    widths = sorted({b["bucket_s"] for r in results for b in r.timeline})
     bottom.set_ylabel("completed sagas per second")
-    bottom.set_xlabel("seconds since the first order")
+    bottom.set_xlabel(f"seconds since the first order (buckets of {', '.join(f'{w:g}' for w in widths)} s)")
     bottom.legend(loc="upper left", fontsize=8)
     bottom.grid(alpha=0.3)
     fig.suptitle("saga-bench: latency percentiles and throughput over time")
@@ -539,7 +578,11 @@ async def run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     by_topology: dict[int, dict[str, Result]] = {}
     scaled = Shape(args.partitions, args.instances)
-    shapes = [Shape()] if scaled == Shape() else [Shape(), scaled]
+    if args.tracing:  # tracing off and on, in the shape asked for
+        shapes = [scaled, dataclasses.replace(scaled, tracing=True)]
+    else:
+        shapes = [Shape()] if scaled == Shape() else [Shape(), scaled]
+    base, compared = shapes[0], shapes[-1]
     by_shape: dict[tuple[int, Shape], list[Result]] = {}
     for size in topologies:
         suffix = f"-r{min(size, 3)}" if size else ""
@@ -548,7 +591,7 @@ async def run(args: argparse.Namespace) -> int:
         # pair's ratio is taken from two runs next to each other, and the median of the pairs.
         for pair in range(args.pairs if len(shapes) == 2 else 1):
             for shape in shapes:
-                name = "" if shape == Shape() else shape.suffix
+                name = shape.suffix
                 again = f"-{pair + 1}" if args.pairs > 1 and len(shapes) == 2 else ""
                 if args.floor:
                     floor = await measure(args, f"floor{suffix}{shape.suffix}{again}", True, size, shape)
@@ -566,26 +609,27 @@ async def run(args: argparse.Namespace) -> int:
     if args.floor:
         for size, runs in by_topology.items():
             for shape in shapes:
-                name = "" if shape == Shape() else shape.suffix
+                name = shape.suffix
                 key = ("floor_ratio" if size == 0 else f"floor_ratio_cluster_{size}") + name.replace("-", "_")
                 ratios[key] = runs[f"saga{name}"].sagas_per_s / runs[f"floor{name}"].sagas_per_s
                 where = f"on a {size}-node cluster, R3" if size else "on one server"
                 shaped = f", {shape.partitions} partitions x {shape.instances} instances" if name else ""
+                shaped += ", traced" if shape.tracing else ""
                 print(f"\n  saga / floor        {ratios[key]:10.3f}   (the cost of the guarantees, {where}{shaped})")
     if len(shapes) == 2:
         for size in topologies:
-            key = f"p{scaled.partitions}x{scaled.instances}_over_p1x1" + (f"_cluster_{size}" if size else "")
+            key = f"{compared.key}_over_{base.key}" + (f"_cluster_{size}" if size else "")
             pairs = [
-                shape_ratios(b, w) for b, w in zip(by_shape[(size, Shape())], by_shape[(size, scaled)], strict=True)
+                shape_ratios(b, w) for b, w in zip(by_shape[(size, base)], by_shape[(size, compared)], strict=True)
             ]
             for what in ("cpu_per_saga", "services_cpu", "nats_cpu", "sagas_per_s"):
                 ratios[f"{key}_{what}"] = statistics.median(p[what] for p in pairs)
             if len(pairs) > 1:
                 summary[f"{key}_pairs"] = pairs
                 listed = ", ".join(f"{p['cpu_per_saga']:.3f}" for p in pairs)
-                print(f"\n  CPU per saga, {scaled.partitions} x {scaled.instances} / 1 x 1, pair by pair: {listed}")
+                print(f"\n  CPU per saga, {_described(compared)} / {_described(base)}, pair by pair: {listed}")
             print(
-                f"\n  {scaled.partitions} partitions x {scaled.instances} instances / 1 x 1"
+                f"\n  {_described(compared)} / {_described(base)}"
                 f"{f' (cluster of {size})' if size else ''}{' (median of the pairs)' if len(pairs) > 1 else ''}:"
                 f" CPU per saga {ratios[f'{key}_cpu_per_saga']:.3f}"
                 f" (services {ratios[f'{key}_services_cpu']:.3f}, NATS {ratios[f'{key}_nats_cpu']:.3f}),"
@@ -614,6 +658,10 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _described(shape: Shape) -> str:
+    return f"{shape.partitions} partitions x {shape.instances} instances" + (", traced" if shape.tracing else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saga-bench", description=__doc__.splitlines()[0] if __doc__ else None)
     load = parser.add_mutually_exclusive_group(required=True)
@@ -639,8 +687,14 @@ def main(argv: list[str] | None = None) -> None:
         "--pairs",
         type=int,
         default=1,
-        help="with --partitions/--instances: run 1 x 1 and the shape alternately this many times, "
+        help="with --partitions/--instances (or --tracing): run the two alternately this many times, "
         "and report each pair's ratio and their median",
+    )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run the services untraced and traced (OTLP/HTTP to a receiver that counts the spans) "
+        "side by side, in the --partitions/--instances shape; with --pairs, alternately",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats-sync", default="always", help="the server's sync_interval (default: always)")

@@ -46,6 +46,10 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
     assert set(saga["stored_bytes_per_saga"]) == {"ORDERS", "PAYMENTS", "INVENTORY"}
     assert all(size > 100 for size in saga["stored_bytes_per_saga"].values())
     assert "stored per saga B" in done.stdout
+    # The chart's time buckets: round ones, enough of them for a short burst, every saga in one.
+    widths = {point["bucket_s"] for point in saga["timeline"]}
+    assert len(widths) == 1 and saga["elapsed_s"] / widths.pop() <= 60
+    assert round(sum(p["sagas_per_s"] * p["bucket_s"] for p in saga["timeline"])) == 300
     assert summary["floor_ratio"] > 0
     assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout and "run queue %" in done.stdout
 
@@ -72,3 +76,18 @@ def test_a_shape_and_one_by_one_alternate_in_pairs_and_the_median_pair_is_report
     # Partitioned, the step streams are stored too.
     assert {"PAYMENT_STEPS", "INVENTORY_STEPS"} <= set(summary["results"][1]["stored_bytes_per_saga"])
     assert "pair by pair" in done.stdout
+
+
+def test_tracing_off_and_on_side_by_side(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = run_bench(["--burst", "200", "--tracing", "--nats-sync", "2m", "--out", str(tmp_path)], scratch)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [result_file] = tmp_path.glob("bench-*.json")
+    summary = json.loads(result_file.read_text())
+    untraced, traced = summary["results"]
+    assert (untraced["label"], traced["label"]) == ("saga", "saga-traced")
+    # Unpartitioned, a saga is 7 handlings (6 for one its payment refuses), all exported.
+    assert untraced["spans_per_saga"] == 0 and 6 <= traced["spans_per_saga"] <= 7
+    assert summary["p1x1_traced_over_p1x1_cpu_per_saga"] > 0
+    assert "1 partitions x 1 instances, traced / 1 partitions x 1 instances" in done.stdout
