@@ -271,7 +271,7 @@ def _check_stock(snap: Snapshot) -> list[Discrepancy]:
 # --- collecting, over NATS ------------------------------------------------------------------
 
 
-async def _all_pages(
+async def all_pages(
     nc: Client, subject: str, items_key: str, key: str, page_size: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every item behind a paged endpoint, keyed by ``key``; and the last reply (for its metadata)."""
@@ -324,11 +324,11 @@ def combine_parts(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 async def collect(nc: Client, page_size: int = 500) -> Snapshot:
     """Read every record of the three services through their APIs."""
-    orders, orders_reply = await _all_pages(nc, API_ORDERS_LIST, "orders", "order_id", page_size)
-    payments, _ = await _all_pages(nc, API_PAYMENTS_LIST, "payments", "order_id", page_size)
-    accounts, _ = await _all_pages(nc, API_PAYMENTS_ACCOUNTS, "accounts", "customer_id", page_size)
+    orders, orders_reply = await all_pages(nc, API_ORDERS_LIST, "orders", "order_id", page_size)
+    payments, _ = await all_pages(nc, API_PAYMENTS_LIST, "payments", "order_id", page_size)
+    accounts, _ = await all_pages(nc, API_PAYMENTS_ACCOUNTS, "accounts", "customer_id", page_size)
     reservations = combine_parts(await _all_rows(nc, API_INVENTORY_RESERVATIONS, "reservations", page_size))
-    skus, _ = await _all_pages(nc, API_INVENTORY_SKUS, "skus", "sku", page_size)
+    skus, _ = await all_pages(nc, API_INVENTORY_SKUS, "skus", "sku", page_size)
     return Snapshot(
         orders=orders,
         payments=payments,

@@ -26,6 +26,7 @@ from shared.ops.harness import System, port_is_free
 from shared.settings import inbox_prefix_of
 
 DEFAULT_PORT = 4222
+DEFAULT_WEB_PORT = 8090
 CLUSTER_SIZE = 3
 
 # (customer, target balance in cents, top up only when the account is missing)
@@ -152,7 +153,10 @@ Try it with the nats CLI (docs/events.md has every message):
   {app} pub orders.cancel_requested.my-order-1 -H Nats-Msg-Id:evt-my-1-cancel \\
     '{{"event_id":"evt-my-1-cancel","type":"orders.cancel_requested","order_id":"my-order-1","data":{{}}}}'
   {op} sub '*.*.my-order-1'      # one order's whole history
-  {op} micro ls"""
+  {op} micro ls
+
+Watch it: {system.web_url} lists the orders as they go, /orders/<order_id> shows one's whole
+history, /flow the saga as it ran (docs/observability.md, "The saga explorer")."""
     )
 
 
@@ -240,6 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         help="embedded server's JetStream sync_interval: 'always' (default: fsync before every ack) or a "
         "duration such as '2m' (the server's own default); env NATS_SYNC_INTERVAL. See docs/operations.md",
     )
+    parser.add_argument(
+        "--web-port",
+        type=int,
+        default=DEFAULT_WEB_PORT,
+        help=f"saga-web's port on 127.0.0.1 (default {DEFAULT_WEB_PORT}; a free one if that is taken)",
+    )
     args = parser.parse_args(argv)
 
     data_dir = args.data_dir.resolve()
@@ -287,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
                 pid = svc.proc.pid if svc.proc else "?"
                 print(f"saga-demo: {svc.label:<16} {role:<8} pid {pid:<7} log {svc.log_path}")
         system.wait_partitions_owned()
+        web_port = args.web_port if port_is_free(args.web_port) else 0
+        web_url = system.start_web(web_port)
+        print(f"saga-demo: saga explorer (saga-web) at {web_url}  log {system.workdir / 'logs' / 'saga-web.log'}")
         code = asyncio.run(demo(system, args.once))
     except KeyboardInterrupt:
         code = 0

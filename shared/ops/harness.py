@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import shutil
 import signal
 import socket
@@ -395,6 +396,9 @@ class System:
     server: NatsServer | None = None
     cluster: NatsCluster | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    web: ServiceProcess | None = None
+    """``saga-web``, once ``start_web`` has started it."""
+    web_url: str = ""
 
     @property
     def auth_dir(self) -> Path:
@@ -505,10 +509,25 @@ class System:
         self.services[svc.label] = svc
         return svc
 
+    def start_web(self, port: int = 0, timeout: float = 30.0) -> str:
+        """Start ``saga-web`` as the operator (it reads every stream) on ``port`` (0: a free one);
+        return its URL once it serves."""
+        web = ServiceProcess("saga-web", self.url, self.workdir, self.role_env("operator"), "shared.ops.web")
+        web.args = ("--port", str(port))
+        web.start(wait=False)
+        assert web.proc is not None
+        _wait_for_line(web.log_path, "saga-web: serving ", web.proc, timeout)
+        found = re.search(r"saga-web: serving (\S+)", web.log_since_start())
+        assert found, web.log_since_start()
+        self.web, self.web_url = web, found.group(1)
+        return self.web_url
+
     def instances_of(self, name: str) -> list[ServiceProcess]:
         return [svc for svc in self.services.values() if svc.name == name]
 
     def stop(self) -> None:
+        if self.web:
+            self.web.stop()
         # Standbys first: stopped after their writer, they would take over only to stop.
         for svc in sorted(self.services.values(), key=lambda s: s.instance == 1):
             svc.stop()

@@ -34,6 +34,8 @@ def test_demo_command_runs_the_system_and_every_demo_order_ends_as_expected(
     assert all(line.endswith("[ok]") for line in outcomes), done.stdout
     assert "balances: alice 75.00, bob 5.00" in done.stdout
     assert "saga-demo: stopped." in done.stdout
+    assert "saga-demo: saga explorer (saga-web) at http://127.0.0.1:" in done.stdout
+    assert "saga-web: serving http://127.0.0.1:" in (tmp_path / "data" / "logs" / "saga-web.log").read_text()
     # Secure by default: the server admitted only saga-auth's keys, each private to its owner.
     assert f"behind saga-auth: one key per service and role in {tmp_path / 'data' / 'auth'}" in done.stdout
     for role in ("order_svc", "payment_svc", "inventory_svc", "client", "operator"):
