@@ -119,6 +119,7 @@ async def test_the_list_goes_live_and_an_orders_page_shows_its_saga_and_compensa
     kinds = dict(events)
     assert kinds["inventory.failed"] == "failure"
     assert kinds["orders.cancelled"] == kinds["payments.refunded"] == "compensation"
+
     def cause_of(event_type: str) -> str:
         cell = f"#timeline tr.event[data-type='{event_type}'] td:nth-child(5)"
         return str(browser.find_element(By.CSS_SELECTOR, cell).text)
