@@ -13,7 +13,6 @@ from shared import outbox, tracing
 from shared.aio import sleep_unless_stopped
 from shared.logging import get_logger
 from shared.service import ServiceContext
-from shared.store import after_commit
 
 log = get_logger("order_svc.timeouts")
 
@@ -39,13 +38,10 @@ def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
 
 def _timeout_span(tx: sqlite3.Connection, order_id: str) -> str | None:
     """Tracing: the timeout as a span in the order's trace (ended if the cancel commits)."""
-    if not tracing.enabled():
+    if not tracing.enabled():  # and then the order's traceparent is not read
         return None
-    span = tracing.start_child(repository.traceparent_of(tx, order_id), "order timeout", {"saga.order_id": order_id})
-    if span is None:
-        return None
-    after_commit(tx, functools.partial(tracing.finish, span, "processed"))
-    return tracing.traceparent_of(span)
+    parent = repository.traceparent_of(tx, order_id)
+    return tracing.child_until_commit(tx, parent, "order timeout", {"saga.order_id": order_id})
 
 
 async def cancel_timed_out(ctx: ServiceContext) -> int:

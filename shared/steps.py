@@ -12,7 +12,6 @@ sub-step's handler is a state machine with its barrier, so a batch sent again ch
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
@@ -21,8 +20,6 @@ from pydantic import Field
 
 from shared import tracing
 from shared.envelope import BadMessage, Envelope, Event, EventData, new_event_id, parse_data
-from shared.metrics import PROCESSED
-from shared.store import after_commit
 from shared.subjects import ORDER_ID_PATTERN
 
 STEPS = "steps"
@@ -135,15 +132,14 @@ def apply_batch(
 def _traced_step(tx: sqlite3.Connection, cause: str, step: Envelope, caused: list[Event]) -> list[Event]:
     """The step as a span of its own, a child of its cause; what it emits is in that span. The span
     ends only if the batch's transaction commits: a batch retried step by step makes it again."""
-    span = tracing.start_child(
+    traceparent = tracing.child_until_commit(
+        tx,
         cause,
         f"handle {step.type}",
         {"saga.order_id": step.order_id, "saga.event_id": step.event_id, "saga.causation_id": step.causation_id or ""},
     )
-    if span is None:
+    if traceparent is None:
         return caused
-    after_commit(tx, functools.partial(tracing.finish, span, PROCESSED))
-    traceparent = tracing.traceparent_of(span)
     return [dataclasses.replace(event, traceparent=traceparent) for event in caused]
 
 

@@ -20,6 +20,8 @@ transaction of the batch that carries them: theirs end only if it commits (``aft
 from __future__ import annotations
 
 import contextlib
+import functools
+import sqlite3
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -29,6 +31,9 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.metrics import PROCESSED
+from shared.store import after_commit
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -130,6 +135,20 @@ def start_child(traceparent: str | None, name: str, attributes: Mapping[str, str
     if _tracer is None:
         return None
     return _tracer.start_span(name, context=_parent(traceparent), kind=SpanKind.INTERNAL, attributes=attributes)
+
+
+def child_until_commit(
+    tx: sqlite3.Connection, traceparent: str | None, name: str, attributes: Mapping[str, str | int]
+) -> str | None:
+    """A span for work done inside ``tx`` that no message of its own starts (a sub-step of a
+    batch, a timeout), a child of ``traceparent``: it ends only if ``tx`` commits, so work that is
+    rolled back and done again makes it again. Its ``traceparent``, for what the work emits; None
+    when off."""
+    span = start_child(traceparent, name, attributes)
+    if span is None:
+        return None
+    after_commit(tx, functools.partial(finish, span, PROCESSED))
+    return traceparent_of(span)
 
 
 def finish(span: Span, outcome: str, error: str = "") -> None:

@@ -80,15 +80,10 @@ class Seen:
         """``request``, ``forward``, ``failure``, ``compensation``, ``step`` or ``dead_letter``."""
         if self.dead_letter:
             return "dead_letter"
-        if self.type in REQUESTS:
-            return "request"
-        if self.type in FAILURES:
-            return "failure"
-        if self.type in COMPENSATIONS or "release" in self.type or "refund" in self.type:
-            return "compensation"
-        if self.step is not None:
-            return "step"
-        return "forward"
+        kind = _kind_of_type(self.type)
+        if kind in ("forward", "step"):  # which one, its batch says: not the name of its type
+            return "step" if self.step is not None else "forward"
+        return kind
 
     @property
     def reason(self) -> str | None:
