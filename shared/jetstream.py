@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -277,6 +278,11 @@ def socket_transport(nc: Client) -> asyncio.ReadTransport | None:
     return transport if isinstance(transport, asyncio.ReadTransport) else None
 
 
+_PAUSES: weakref.WeakKeyDictionary[asyncio.ReadTransport, int] = weakref.WeakKeyDictionary()
+"""Per transport, how many blocks hold it paused: every partition a process owns shares its
+connection, so one partition's round must not resume reading under another's transaction."""
+
+
 @contextlib.contextmanager
 def reading_paused(nc: Client) -> Iterator[None]:
     """Leave what the server sends in the socket's buffer while the block runs; read it after.
@@ -286,18 +292,27 @@ def reading_paused(nc: Client) -> Iterator[None]:
     GIL, which that thread needs back after every SQLite statement (at 1,000 orders/s a round
     took over three times its CPU time in wall time; docs/performance.md has the figures).
 
-    Leaves the transport alone if it is not reading (asyncio's stream flow control paused
-    it, or the connection is closing), so it never resumes what it did not pause.
+    Blocks may overlap (the rounds of several partitions on one connection): reading resumes
+    when the last of them ends. Leaves the transport alone if it is not reading when the first
+    begins (asyncio's stream flow control paused it, or the connection is closing), so it never
+    resumes what it did not pause.
     """
     transport = socket_transport(nc)
-    if transport is None or not transport.is_reading():
+    if transport is None or (transport not in _PAUSES and not transport.is_reading()):
         yield
         return
-    transport.pause_reading()
+    held = _PAUSES.get(transport, 0)
+    if held == 0:
+        transport.pause_reading()
+    _PAUSES[transport] = held + 1
     try:
         yield
     finally:
-        transport.resume_reading()  # a no-op on a transport closed meanwhile (a reconnect)
+        left = _PAUSES.pop(transport, 1) - 1
+        if left:
+            _PAUSES[transport] = left
+        else:
+            transport.resume_reading()  # a no-op on a transport closed meanwhile (a reconnect)
 
 
 CONSUMER_DEADLINE_S = 60.0

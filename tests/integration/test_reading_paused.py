@@ -103,3 +103,17 @@ async def test_a_rounds_transaction_runs_with_the_services_reading_paused(
         await place_order(js, order_id, "alice", [{"sku": "widget", "quantity": 1, "unit_price_cents": 100}])
         await poll(lambda: subject_count(js, "ORDERS", f"orders.created.{order_id}"), lambda n: n == 1)
     assert reading_during_rounds and not any(reading_during_rounds)
+
+
+async def test_overlapping_pauses_resume_reading_only_when_the_last_ends(nc: Client) -> None:
+    # Two partitions' rounds on one connection: the first to end must not resume reading
+    # under the other's transaction.
+    transport = socket_transport(nc)
+    assert transport is not None and transport.is_reading()
+    first, second = reading_paused(nc), reading_paused(nc)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not transport.is_reading()
+    second.__exit__(None, None, None)
+    assert transport.is_reading()
