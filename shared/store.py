@@ -13,6 +13,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -250,6 +251,14 @@ def _run_after_commit(conn: sqlite3.Connection) -> None:
             log.exception("store.after_commit_failed")
 
 
+_ONE_BODY_AT_A_TIME = threading.Lock()
+"""Held while a transaction's body runs, by every store of the process: partitions' transactions
+on their own threads would otherwise fight for the GIL at every SQLite statement (each releases
+it), which costs several times the CPU of running the same bodies one after another
+(docs/performance.md, "Partitions"). The commit, which waits on the disk without the GIL, stays
+outside, so one partition's ``fdatasync`` overlaps another's body."""
+
+
 def _in_transaction(
     conn: sqlite3.Connection,
     fn: Callable[[sqlite3.Connection], T],
@@ -257,9 +266,10 @@ def _in_transaction(
 ) -> T:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = fn(conn)
-        if fence is not None:
-            fence(conn)
+        with _ONE_BODY_AT_A_TIME:
+            result = fn(conn)
+            if fence is not None:
+                fence(conn)
     except BaseException:
         _after_commit.pop(id(conn), None)
         conn.rollback()
