@@ -39,16 +39,28 @@ from shared.consumer import BatchLoop, ConsumerSpec, Decoded, Processed
 from shared.logging import configure_logging
 from shared.ops.bench import SEED_DEPOSITS, SEED_STOCK, make_orders, order_message
 from shared.outbox import OutboxRecord, save_published_through
+from shared.partitions import UNPARTITIONED, Partitioning, split_stored
 from shared.runtime import tune_gc
 from shared.store import Store, configure
 
-SERVICES: dict[str, tuple[list[ConsumerSpec], str]] = {
-    "order_svc": (order_handlers.CONSUMERS, order_repository.SCHEMA),
-    "payment_svc": (payment_handlers.CONSUMERS, payment_repository.SCHEMA),
-    "inventory_svc": (inventory_handlers.CONSUMERS, inventory_repository.SCHEMA),
+SCHEMAS = {
+    "order_svc": order_repository.SCHEMA,
+    "payment_svc": payment_repository.SCHEMA,
+    "inventory_svc": inventory_repository.SCHEMA,
 }
 ROUND = {"order_svc": 400, "payment_svc": 180, "inventory_svc": 400}
-"""Messages per round, as a 20,000-order burst gives them (docs/performance.md)."""
+"""Messages per round, as a 20,000-order burst gives them (docs/performance.md). Partitioned,
+each partition's round holds its share of that: the burst's load divides between them."""
+
+
+def _consumers(partitioning: Partitioning) -> dict[str, list[ConsumerSpec]]:
+    return {
+        "order_svc": order_handlers.CONSUMERS,
+        "payment_svc": payment_handlers.consumers(partitioning),
+        "inventory_svc": inventory_handlers.consumers(partitioning),
+    }
+
+
 SAVE_EVERY = 3
 """Rounds per saved watermark: ~0.1 s of a burst."""
 
@@ -60,6 +72,7 @@ _UNUSED_MSG: Any = SimpleNamespace(metadata=SimpleNamespace(num_delivered=1))
 class Result:
     cpu_us_per_saga: dict[str, float]
     messages_per_saga: dict[str, float]
+    commits: dict[str, int]
 
 
 def _open(path: Path, schema: str) -> sqlite3.Connection:
@@ -72,69 +85,86 @@ def _open(path: Path, schema: str) -> sqlite3.Connection:
     return conn
 
 
-def _seed(conns: dict[str, sqlite3.Connection]) -> None:
-    payments = conns["payment_svc"]
-    payments.execute("BEGIN")
+def _seed(conns: dict[tuple[str, int], sqlite3.Connection], partitioning: Partitioning) -> None:
     for customer, cents in SEED_DEPOSITS:
+        payments = conns["payment_svc", partitioning.of(customer)]
+        payments.execute("BEGIN")
         payment_repository.save_account(payments, Account(customer, cents))
-    payments.execute("COMMIT")
-    inventory = conns["inventory_svc"]
-    inventory.execute("BEGIN")
-    inventory_repository.save_stock(inventory, [Stock(sku, quantity, 0) for sku, quantity in SEED_STOCK])
-    inventory.execute("COMMIT")
+        payments.execute("COMMIT")
+    for sku, quantity in SEED_STOCK:
+        inventory = conns["inventory_svc", partitioning.of(sku)]
+        inventory.execute("BEGIN")
+        inventory_repository.save_stock(inventory, [Stock(sku, quantity, 0)])
+        inventory.execute("COMMIT")
 
 
-def run(orders: int, seed: int) -> Result:
+def run(orders: int, seed: int, partitioning: Partitioning = UNPARTITIONED) -> Result:
     rng = random.Random(seed)
+    services = _consumers(partitioning)
+    units = [(name, k) for name in services for k in partitioning.all()]
     with tempfile.TemporaryDirectory(prefix="store-bench-") as workdir:
-        conns = {name: _open(Path(workdir) / f"{name}.sqlite3", schema) for name, (_, schema) in SERVICES.items()}
-        _seed(conns)
+        conns = {(name, k): _open(Path(workdir) / partitioning.file_name(name, k), SCHEMAS[name]) for name, k in units}
+        _seed(conns, partitioning)
         consumers: dict[str, list[tuple[str, ConsumerSpec]]] = {}
-        for name, (specs, _) in SERVICES.items():
+        for name, specs in services.items():
             for spec in specs:
                 for event_type in spec.routes:
                     consumers.setdefault(event_type, []).append((name, spec))
-        inboxes: dict[str, deque[tuple[str, bytes]]] = {name: deque() for name in SERVICES}
+        inboxes: dict[tuple[str, int], deque[tuple[str, bytes]]] = {unit: deque() for unit in units}
+
+        def deliver(subject: str, body: bytes) -> None:
+            # As the streams would: a public event to its order's partition in each consumer, a
+            # batch of sub-steps (part.<k>.<service>.steps.<id>) to its partition of its service.
+            partition, published = split_stored(subject)
+            event_type, _, order_id = published.rpartition(".")
+            for consumer, _ in consumers.get(event_type, []):
+                inboxes[consumer, partitioning.of(order_id) if partition is None else partition].append(
+                    (published, body)
+                )
+
         for order in make_orders(orders, False, rng, "sb"):
             subject, body, _ = order_message(order, rng)
-            inboxes["order_svc"].append((subject, body))
-        cpu = dict.fromkeys(SERVICES, 0.0)
-        handled = dict.fromkeys(SERVICES, 0)
-        unsaved: dict[str, list[OutboxRecord]] = {name: [] for name in SERVICES}
-        rounds = dict.fromkeys(SERVICES, 0)
+            deliver(subject, body)
+        cpu = dict.fromkeys(services, 0.0)
+        handled = dict.fromkeys(services, 0)
+        commits = dict.fromkeys(services, 0)
+        unsaved: dict[tuple[str, int], list[OutboxRecord]] = {unit: [] for unit in units}
+        rounds = dict.fromkeys(units, 0)
         loop = BatchLoop.__new__(BatchLoop)  # only its transaction code runs here
         while any(inboxes.values()):
-            for name, inbox in inboxes.items():
+            for (name, k), inbox in inboxes.items():
                 if not inbox:
                     continue
-                taken = [inbox.popleft() for _ in range(min(ROUND[name], len(inbox)))]
+                size = max(1, ROUND[name] // partitioning.count)
+                taken = [inbox.popleft() for _ in range(min(size, len(inbox)))]
                 batch = []
                 for i, (subject, body) in enumerate(taken):
                     spec = next(s for n, s in consumers[subject.rpartition(".")[0]] if n == name)
                     batch.append((i, Decoded(_UNUSED_MSG, *spec.decode(subject, body))))
-                conn = conns[name]
+                conn = conns[name, k]
                 started = time.thread_time()
                 conn.execute("BEGIN IMMEDIATE")
                 loop._apply_batch(batch, conn)
                 conn.commit()
                 emitted = [r for _, item in batch if isinstance(item.outcome, Processed) for r in item.outcome.records]
-                unsaved[name].extend(emitted)
-                rounds[name] += 1
-                if rounds[name] % SAVE_EVERY == 0 and unsaved[name]:
+                unsaved[name, k].extend(emitted)
+                rounds[name, k] += 1
+                if rounds[name, k] % SAVE_EVERY == 0 and unsaved[name, k]:
                     conn.execute("BEGIN IMMEDIATE")
-                    save_published_through(conn, max(r.row_id for r in unsaved[name]))
+                    save_published_through(conn, max(r.row_id for r in unsaved[name, k]))
                     conn.commit()
-                    unsaved[name] = []
+                    unsaved[name, k] = []
                 cpu[name] += time.thread_time() - started
                 handled[name] += len(batch)
+                commits[name] += 1
                 for record in emitted:
-                    for consumer, _ in consumers.get(record.subject.rpartition(".")[0], []):
-                        inboxes[consumer].append((record.subject, record.payload))
+                    deliver(record.subject, record.payload)
         for conn in conns.values():
             conn.close()
     return Result(
         {name: seconds / orders * 1e6 for name, seconds in cpu.items()},
         {name: count / orders for name, count in handled.items()},
+        commits,
     )
 
 
@@ -142,16 +172,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=6000, help="orders per run (default 6000)")
     parser.add_argument("--runs", type=int, default=5, help="runs; the median is printed (default 5)")
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="PARTITIONS of every service; each partition's rounds are its share"
+    )
     args = parser.parse_args()
     configure_logging("store_bench", "json", "INFO")
     tune_gc()
-    results = [run(args.orders, seed) for seed in range(args.runs)]
-    print(f"store-thread CPU per saga, median of {args.runs} runs of {args.orders} orders:")
-    for name in SERVICES:
+    partitioning = Partitioning(args.partitions)
+    results = [run(args.orders, seed, partitioning) for seed in range(args.runs)]
+    shape = f", {partitioning.label(0).split(' of ')[1]} partitions" if partitioning.partitioned else ""
+    print(f"store-thread CPU per saga, median of {args.runs} runs of {args.orders} orders{shape}:")
+    for name in SCHEMAS:
         each = [r.cpu_us_per_saga[name] for r in results]
         runs = " / ".join(f"{v:.1f}" for v in each)
         per_saga = results[0].messages_per_saga[name]
-        print(f"  {name:14s} {statistics.median(each):6.1f} us  ({runs}; {per_saga:.2f} messages a saga)")
+        commits = results[0].commits[name]
+        print(
+            f"  {name:14s} {statistics.median(each):6.1f} us  ({runs}; {per_saga:.2f} messages a saga,"
+            f" {commits} commits)"
+        )
     totals = [sum(r.cpu_us_per_saga.values()) for r in results]
     print(f"  {'all three':14s} {statistics.median(totals):6.1f} us  ({' / '.join(f'{v:.1f}' for v in totals)})")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shared.ops.store_bench import SERVICES, run
+from shared.ops.store_bench import SCHEMAS, run
+from shared.partitions import Partitioning
 
 
 def test_every_saga_runs_to_its_end_and_each_service_is_timed() -> None:
@@ -11,5 +12,15 @@ def test_every_saga_runs_to_its_end_and_each_service_is_timed() -> None:
     assert result.messages_per_saga["order_svc"] == 2.0
     assert result.messages_per_saga["payment_svc"] >= 1.0  # orders.created, plus cancellations
     assert result.messages_per_saga["inventory_svc"] >= 2.0  # orders.created, then its end
-    assert set(result.cpu_us_per_saga) == set(SERVICES)
+    assert set(result.cpu_us_per_saga) == set(SCHEMAS)
     assert all(us > 0 for us in result.cpu_us_per_saga.values())
+
+
+def test_partitioned_every_saga_still_ends_and_the_sub_steps_are_applied() -> None:
+    unpartitioned = run(orders=80, seed=3)
+    result = run(orders=80, seed=3, partitioning=Partitioning(4))
+    assert result.messages_per_saga["order_svc"] == 2.0  # every saga ended, as unpartitioned
+    # payment_svc and inventory_svc also take the batches of sub-steps between their partitions.
+    for service in ("payment_svc", "inventory_svc"):
+        assert result.messages_per_saga[service] > unpartitioned.messages_per_saga[service]
+    assert sum(result.commits.values()) > sum(unpartitioned.commits.values())
