@@ -45,6 +45,7 @@ from shared.jetstream import MSG_ID_HEADER, Publisher
 from shared.ops import client
 from shared.ops.harness import SERVICES, ServiceProcess, System, exit_on_sigterm
 from shared.ops.otlp import OtlpReceiver
+from shared.partitions import partition_of
 from shared.runtime import tune_gc
 from shared.subjects import PUBLIC_STREAMS, STEP_STREAMS
 
@@ -141,11 +142,22 @@ Message = tuple[str, bytes, dict[str, str]]
 """What ``Publisher`` sends: subject, payload, headers."""
 
 
-def order_message(order: Order, rng: random.Random) -> Message:
-    """The order's ``orders.requested``, with the customer, sku and quantity its kind needs."""
+def order_message(order: Order, rng: random.Random, local_among: int = 1) -> Message:
+    """The order's ``orders.requested``, with the customer, sku and quantity its kind needs.
+
+    ``local_among`` > 1: the customer and the sku are drawn from those in the order's own
+    partition among that many, so no payment or reservation is re-keyed to another partition
+    (``--no-rekeying``: what the re-keying costs is the difference)."""
     kind = order.order_id.rsplit("-", 1)[1]
-    customer = f"poor-{rng.randrange(10)}" if kind == "funds" else f"rich-{rng.randrange(100)}"
-    sku = f"scarce-{rng.randrange(10)}" if kind == "stock" else f"plenty-{rng.randrange(100)}"
+    home = partition_of(order.order_id, local_among)
+    while True:
+        customer = f"poor-{rng.randrange(10)}" if kind == "funds" else f"rich-{rng.randrange(100)}"
+        if partition_of(customer, local_among) == home:
+            break
+    while True:
+        sku = f"scarce-{rng.randrange(10)}" if kind == "stock" else f"plenty-{rng.randrange(100)}"
+        if partition_of(sku, local_among) == home:
+            break
     quantity = 1_000 if kind == "stock" else rng.randint(1, 3)
     subject, body, event_id = client.order_request(
         order.order_id, customer, [{"sku": sku, "quantity": quantity, "unit_price_cents": rng.randint(100, 5_000)}]
@@ -400,7 +412,8 @@ async def measure(
         count = args.burst or int(args.rate * args.duration)
         orders = make_orders(count, args.all_success, rng, label)
         body_rng = random.Random(args.seed)
-        messages = [order_message(order, body_rng) for order in orders]
+        local_among = args.partitions if args.no_rekeying else 1
+        messages = [order_message(order, body_rng, local_among) for order in orders]
         by_id = {o.order_id: o for o in orders}
         tracker = Tracker(by_id)
         await nc.subscribe("orders.confirmed.*", cb=tracker.on_outcome)
@@ -413,7 +426,8 @@ async def measure(
             p.start_counting()
         print(
             f"{label}: {count} orders, {'burst' if args.burst else f'{args.rate:g}/s for {args.duration:g}s'}"
-            f"{', all succeed' if args.all_success else ', default mix'}",
+            f"{', all succeed' if args.all_success else ', default mix'}"
+            f"{', no re-keying' if args.no_rekeying else ''}",
             file=sys.stderr,
         )
         stop_progress = asyncio.Event()
@@ -669,6 +683,12 @@ def main(argv: list[str] | None = None) -> None:
     load.add_argument("--rate", type=float, help="orders per second, open loop (with --duration)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds, with --rate (default 30)")
     parser.add_argument("--all-success", action="store_true", help="every order confirms (default: ~80%%)")
+    parser.add_argument(
+        "--no-rekeying",
+        action="store_true",
+        help="with --partitions: every order's customer and sku in the order's own partition (in both shapes), "
+        "so nothing is re-keyed; what re-keying costs is the difference from a run without it",
+    )
     parser.add_argument("--floor", action="store_true", help="also measure bare relays and print the ratio")
     parser.add_argument(
         "--topology",
@@ -713,6 +733,8 @@ def main(argv: list[str] | None = None) -> None:
         help="keep each run's stream store, SQLite files and logs (always kept when a run fails)",
     )
     args = parser.parse_args(argv)
+    if args.no_rekeying and args.partitions < 2:
+        parser.error("--no-rekeying needs --partitions above 1")
     exit_on_sigterm()
     tune_gc()  # it holds every order for the whole run, which the default collector would walk again and again
     raise SystemExit(asyncio.run(run(args)))
