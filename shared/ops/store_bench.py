@@ -27,13 +27,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from inventory_svc import handlers as inventory_handlers
 from inventory_svc import repository as inventory_repository
+from inventory_svc.__main__ import INVENTORY_SERVICE
 from inventory_svc.domain import Stock
-from order_svc import handlers as order_handlers
-from order_svc import repository as order_repository
-from payment_svc import handlers as payment_handlers
+from order_svc.__main__ import ORDER_SERVICE
 from payment_svc import repository as payment_repository
+from payment_svc.__main__ import PAYMENT_SERVICE
 from payment_svc.domain import Account
 from shared.consumer import BatchLoop, ConsumerSpec, Decoded, Processed
 from shared.logging import configure_logging
@@ -41,24 +40,13 @@ from shared.ops.bench import SEED_DEPOSITS, SEED_STOCK, make_orders, order_messa
 from shared.outbox import OutboxRecord, save_published_through
 from shared.partitions import UNPARTITIONED, Partitioning, split_stored
 from shared.runtime import tune_gc
+from shared.service import ServiceDefinition
 from shared.store import Store, configure
 
-SCHEMAS = {
-    "order_svc": order_repository.SCHEMA,
-    "payment_svc": payment_repository.SCHEMA,
-    "inventory_svc": inventory_repository.SCHEMA,
-}
+SERVICES: dict[str, ServiceDefinition] = {d.name: d for d in (ORDER_SERVICE, PAYMENT_SERVICE, INVENTORY_SERVICE)}
 ROUND = {"order_svc": 400, "payment_svc": 180, "inventory_svc": 400}
 """Messages per round, as a 20,000-order burst gives them (docs/performance.md). Partitioned,
 each partition's round holds its share of that: the burst's load divides between them."""
-
-
-def _consumers(partitioning: Partitioning) -> dict[str, list[ConsumerSpec]]:
-    return {
-        "order_svc": order_handlers.CONSUMERS,
-        "payment_svc": payment_handlers.consumers(partitioning),
-        "inventory_svc": inventory_handlers.consumers(partitioning),
-    }
 
 
 SAVE_EVERY = 3
@@ -73,6 +61,7 @@ class Result:
     cpu_us_per_saga: dict[str, float]
     messages_per_saga: dict[str, float]
     commits: dict[str, int]
+    """Each service's rounds' commits (the watermark's are not counted)."""
 
 
 def _open(path: Path, schema: str) -> sqlite3.Connection:
@@ -100,10 +89,13 @@ def _seed(conns: dict[tuple[str, int], sqlite3.Connection], partitioning: Partit
 
 def run(orders: int, seed: int, partitioning: Partitioning = UNPARTITIONED) -> Result:
     rng = random.Random(seed)
-    services = _consumers(partitioning)
+    services = {name: definition.consumers_for(partitioning) for name, definition in SERVICES.items()}
     units = [(name, k) for name in services for k in partitioning.all()]
     with tempfile.TemporaryDirectory(prefix="store-bench-") as workdir:
-        conns = {(name, k): _open(Path(workdir) / partitioning.file_name(name, k), SCHEMAS[name]) for name, k in units}
+        conns = {
+            (name, k): _open(Path(workdir) / partitioning.file_name(name, k), SERVICES[name].schema)
+            for name, k in units
+        }
         _seed(conns, partitioning)
         consumers: dict[str, list[tuple[str, ConsumerSpec]]] = {}
         for name, specs in services.items():
@@ -127,7 +119,6 @@ def run(orders: int, seed: int, partitioning: Partitioning = UNPARTITIONED) -> R
             deliver(subject, body)
         cpu = dict.fromkeys(services, 0.0)
         handled = dict.fromkeys(services, 0)
-        commits = dict.fromkeys(services, 0)
         unsaved: dict[tuple[str, int], list[OutboxRecord]] = {unit: [] for unit in units}
         rounds = dict.fromkeys(units, 0)
         loop = BatchLoop.__new__(BatchLoop)  # only its transaction code runs here
@@ -156,7 +147,6 @@ def run(orders: int, seed: int, partitioning: Partitioning = UNPARTITIONED) -> R
                     unsaved[name, k] = []
                 cpu[name] += time.thread_time() - started
                 handled[name] += len(batch)
-                commits[name] += 1
                 for record in emitted:
                     deliver(record.subject, record.payload)
         for conn in conns.values():
@@ -164,7 +154,7 @@ def run(orders: int, seed: int, partitioning: Partitioning = UNPARTITIONED) -> R
     return Result(
         {name: seconds / orders * 1e6 for name, seconds in cpu.items()},
         {name: count / orders for name, count in handled.items()},
-        commits,
+        {name: sum(n for (service, _), n in rounds.items() if service == name) for name in services},
     )
 
 
@@ -180,9 +170,9 @@ def main() -> None:
     tune_gc()
     partitioning = Partitioning(args.partitions)
     results = [run(args.orders, seed, partitioning) for seed in range(args.runs)]
-    shape = f", {partitioning.label(0).split(' of ')[1]} partitions" if partitioning.partitioned else ""
+    shape = f", {partitioning.count} partitions" if partitioning.partitioned else ""
     print(f"store-thread CPU per saga, median of {args.runs} runs of {args.orders} orders{shape}:")
-    for name in SCHEMAS:
+    for name in SERVICES:
         each = [r.cpu_us_per_saga[name] for r in results]
         runs = " / ".join(f"{v:.1f}" for v in each)
         per_saga = results[0].messages_per_saga[name]
