@@ -43,6 +43,8 @@ LEASE_BUCKET = "saga_leases"
 REGISTRY_BUCKET = "saga_stores"
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's err_codes for a failed compare-and-swap
 KV_OPERATION = "KV-Operation"
+RENEW_RETRY_S = 0.5
+"""How soon a failed renewal is tried again."""
 
 
 class LeaseLost(Exception):
@@ -179,7 +181,9 @@ class Lease:
 
     @property
     def renew_every_s(self) -> float:
-        return self.ttl_s / 3
+        """A quarter of the TTL: a renewal that fails (a leader election of the bucket's stream
+        takes about 5 s) leaves TTL - margin - this = 0.6 of it to keep retrying in."""
+        return self.ttl_s / 4
 
     def check(self) -> None:
         """Raise LeaseLost unless the lease is held and still valid by this process's clock."""
@@ -251,20 +255,45 @@ class Lease:
         return False
 
     async def keep(self, stop: asyncio.Event) -> None:
-        """Renew until ``stop`` or until the lease is lost (then ``lost`` is set)."""
-        while not await sleep_unless_stopped(stop, self.renew_every_s):
+        """Renew until ``stop`` or until the lease is lost (then ``lost`` is set).
+
+        After a failed renewal the next try comes RENEW_RETRY_S later, not a whole period: a
+        node loss holds the bucket's stream without a leader for about 5 s, and the lease must
+        be written again as soon as there is one."""
+        failures = 0
+        while not await sleep_unless_stopped(stop, RENEW_RETRY_S if failures else self.renew_every_s):
             if time.monotonic() >= self.valid_until:
                 self._lose("expired before it could be renewed")
                 return
             try:
                 await self._write(self.revision)
+                failures = 0
+                continue
             except APIError as exc:
-                if exc.err_code in WRONG_LAST_SEQUENCE:
+                if exc.err_code in WRONG_LAST_SEQUENCE and not await self._own_write_landed():
                     self._lose("taken by another instance, or expired at the server")
                     return
-                log.warning("lease.renew_failed", key=self.key, error=repr(exc), left_s=self._left())
+                error: Exception = exc
             except Exception as exc:  # a timeout, NATS away: try again soon, while still valid
-                log.warning("lease.renew_failed", key=self.key, error=repr(exc), left_s=self._left())
+                error = exc
+            failures += 1
+            if failures == 1 or failures % 10 == 0:
+                log.warning(
+                    "lease.renew_failed", key=self.key, error=repr(error), left_s=self._left(), attempt=failures
+                )
+
+    async def _own_write_landed(self) -> bool:
+        """After a compare-and-swap refused a renewal: True if the key's last write is this
+        lease's own (a renewal stored whose ack was lost, in a timeout or a failover), and then
+        renew from its revision; False if someone else wrote it, or it expired at the server."""
+        try:
+            held = await read(self._js, self.key)
+        except Exception:
+            return True  # cannot tell yet: keep trying while the lease is still valid by our clock
+        if held.holder is None or held.holder.instance != self.holder.instance or held.epoch != self.epoch:
+            return False
+        self.revision = held.revision
+        return True
 
     def _left(self) -> float:
         return round(self.valid_until - time.monotonic(), 2)

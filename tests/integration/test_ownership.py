@@ -18,7 +18,17 @@ from nats.js import JetStreamContext
 
 from payment_svc.__main__ import PAYMENT_SERVICE
 from shared import registry
-from shared.lease import Holder, Lease, LeaseLost, ensure_buckets, process_start, read
+from shared.lease import (
+    LEASE_BUCKET,
+    Holder,
+    Lease,
+    LeaseLost,
+    ensure_buckets,
+    kv_stream,
+    kv_subject,
+    process_start,
+    read,
+)
 from shared.ops import client
 from shared.service import EXIT_NOT_THE_REGISTERED_STORE, serve
 from shared.settings import Settings
@@ -87,6 +97,64 @@ async def test_a_released_lease_is_taken_at_once_and_a_renewal_keeps_it(js: JetS
     began = time.monotonic()
     assert await asyncio.wait_for(second.acquire(asyncio.Event()), timeout=5)
     assert time.monotonic() - began < 1.0
+
+
+async def test_a_renewal_stored_but_unacknowledged_keeps_the_lease_and_a_stranger_s_write_ends_it(
+    js: JetStreamContext,
+) -> None:
+    await ensure_buckets(js, replicas=1)
+    lease = Lease(js, "svc", holder(), ttl_s=2.0)
+    stop = asyncio.Event()
+    assert await lease.acquire(stop)
+
+    async def write_behind_its_back(value: bytes) -> int:
+        ack = await js.publish(
+            kv_subject(LEASE_BUCKET, "svc"),
+            value,
+            headers={"Nats-Expected-Last-Subject-Sequence": str((await read(js, "svc")).revision)},
+            msg_ttl=lease.ttl_s,
+        )
+        return ack.seq
+
+    # One of its own renewals was stored, but the ack was lost (a timeout, a failover): its
+    # next compare-and-swap is refused, and it finds its own write there and renews on from it.
+    landed = await write_behind_its_back(lease._value())
+    keeping = asyncio.create_task(lease.keep(stop))
+    await poll(lambda: read(js, "svc"), lambda held: held.revision > landed + 1, timeout=5)
+    assert not lease.lost.is_set()
+    lease.check()
+
+    # Another instance's write there means the lease is gone.
+    stranger = json.loads(lease._value()) | {"instance": unique("i")}
+    await write_behind_its_back(json.dumps(stranger).encode())
+    await asyncio.wait_for(keeping, timeout=5)
+    assert lease.lost.is_set()
+    with pytest.raises(LeaseLost):
+        lease.check()
+
+
+async def test_a_failed_renewal_is_tried_again_within_a_second_not_a_period_later(js: JetStreamContext) -> None:
+    await ensure_buckets(js, replicas=1)
+    lease = Lease(js, "svc", holder(), ttl_s=12.0)  # renewed every 3 s, valid 10.2 s past a renewal
+    stop = asyncio.Event()
+    assert await lease.acquire(stop)
+    keeping = asyncio.create_task(lease.keep(stop))
+    stream = kv_stream(LEASE_BUCKET)
+    config = (await js.stream_info(stream)).config
+    # The bucket refuses every write for a while (as a stream with no leader does): too small a
+    # message size for the lease's value.
+    await js.update_stream(dataclasses.replace(config, max_msg_size=8))
+    refused_from = lease.revision
+    await asyncio.sleep(lease.renew_every_s + 0.5)  # so the next due renewal was refused
+    assert lease.revision == refused_from and not lease.lost.is_set()
+    await js.update_stream(config)
+    writable_at = time.monotonic()
+    await poll(lambda: read(js, "svc"), lambda held: held.revision > refused_from, timeout=lease.renew_every_s)
+    # Tried again within RENEW_RETRY_S (0.5 s) of the bucket taking writes, not at the next period.
+    assert time.monotonic() - writable_at < lease.renew_every_s / 2
+    lease.check()
+    stop.set()
+    await keeping
 
 
 async def test_a_commit_under_an_expired_lease_or_an_older_epoch_is_refused(
