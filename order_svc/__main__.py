@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from order_svc import api, handlers, repository
-from order_svc.timeouts import run_timeouts
+from order_svc.timeouts import run_timeouts, warn_if_a_node_loss_can_time_out_orders
 from shared.service import ServiceDefinition
 from shared.service import main as run_service
 from shared.subjects import Stream
@@ -18,6 +18,7 @@ ORDER_SERVICE = ServiceDefinition(
     endpoints=api.endpoints,
     background=lambda ctx, stop: [run_timeouts(ctx, stop)],
     migrate=repository.migrate,
+    check_settings=warn_if_a_node_loss_can_time_out_orders,
 )
 
 

@@ -11,12 +11,30 @@ from order_svc import domain, repository
 from order_svc.handlers import save_outcome
 from shared import outbox, tracing
 from shared.aio import sleep_unless_stopped
+from shared.jetstream import ACK_WAIT_S
 from shared.logging import get_logger
 from shared.service import ServiceContext
+from shared.settings import Settings
 
 log = get_logger("order_svc.timeouts")
 
 SWEEP_BATCH = 256
+
+ELECTION_S = 5.0
+"""About how long a stream has no leader after the node leading it is lost (docs/operations.md)."""
+
+
+def warn_if_a_node_loss_can_time_out_orders(settings: Settings) -> None:
+    """A message lost with a node comes back only after ACK_WAIT_S, once a new leader is
+    elected: a timeout shorter than that cancels orders whose events were merely late."""
+    if settings.order_timeout_s < ACK_WAIT_S + ELECTION_S:
+        log.warning(
+            "timeouts.shorter_than_a_failover",
+            order_timeout_s=settings.order_timeout_s,
+            ack_wait_s=ACK_WAIT_S,
+            election_s=ELECTION_S,
+            consequence="losing a NATS node can cancel orders with reason timeout",
+        )
 
 
 def sweep_interval_s(timeout_s: float) -> float:

@@ -33,8 +33,13 @@ log = get_logger("jetstream")
 DUPLICATE_WINDOW_S = 120.0
 """The stream drops a second publish with the same Nats-Msg-Id inside this window."""
 
-ACK_WAIT_S = 30.0
-"""A delivered message not acked, nakked or termed within this is redelivered."""
+ACK_WAIT_S = 10.0
+"""A delivered message not acked, nakked or termed within this is redelivered. It is also how
+late a message can be when a node dies with it: a delivery in flight, or an ack or nak sent
+while the consumer had no leader, is lost, and only this timer brings the message back. So it
+is well under ORDER_TIMEOUT_S (30 s) less an election (~5 s), or a node loss cancels orders;
+and well over the time a batch waits and commits (under a second at 4,000 sagas/s), or
+messages in hand would be delivered twice (the inbox would drop the copy)."""
 
 MAX_ACK_PENDING = 4096
 """How many messages a consumer may hold unacknowledged: retries waiting on a delay do not block the rest."""

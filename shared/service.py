@@ -90,6 +90,9 @@ class ServiceDefinition:
     """The stream of its sub-steps between its own partitions, if it has any (only made partitioned)."""
     migrate: Callable[[sqlite3.Connection], None] | None = None
     """Brings a store of an earlier version of the service up to date (``Store.open``)."""
+    check_settings: Callable[[Settings], None] = field(default=lambda settings: None)
+    """Its own word on the settings, once per process at start (logging is set up by then):
+    raise SettingsError to refuse them, or log a warning."""
     version: str = "0.1.0"
 
     def consumers_for(self, partitioning: Partitioning) -> Sequence[ConsumerSpec]:
@@ -106,10 +109,11 @@ def main(definition: ServiceDefinition) -> None:
     try:
         settings = Settings.from_env(definition.name)
         check_retention(settings)
+        configure_logging(definition.name, settings.log_format, settings.log_level)
+        definition.check_settings(settings)
     except SettingsError as exc:
         print(f"{definition.name}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(definition.name, settings.log_format, settings.log_level)
     tracing.configure(settings.traces_exporter, settings.traces_service_name, f"{socket.gethostname()}:{os.getpid()}")
     tune_gc()
     try:

@@ -84,14 +84,14 @@ async def test_duplicate_inside_the_retention_window_changes_nothing_after_a_pru
 
 @pytest.mark.parametrize(
     ("stream_max_age_s", "floor"),
-    [(Settings.stream_max_age_s, 86_400 + 151.75), (120.0, 271.75), (3_600.0, 3_751.75)],
+    [(Settings.stream_max_age_s, 86_400 + 131.75), (120.0, 251.75), (3_600.0, 3_731.75)],
     ids=["default-max-age", "max-age-at-the-duplicate-window", "max-age-an-hour"],
 )
 def test_a_retention_below_the_safe_minimum_is_refused_at_start(
     tmp_path: Path, stream_max_age_s: float, floor: float
 ) -> None:
     # The inbox must outlive whatever a stream can still deliver: the longer of the duplicate
-    # window and the stream's max_age, plus the redelivery horizon (30 s + 121.75 s of retries).
+    # window and the stream's max_age, plus the redelivery horizon (ACK_WAIT_S, 10 s, + 121.75 s of retries).
     assert inbox_retention_floor_s(10, stream_max_age_s) == floor
     env = {"DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "STREAM_MAX_AGE_S": str(stream_max_age_s)}
     done = subprocess.run(
