@@ -291,6 +291,10 @@ class Result:
     stored_bytes_per_saga: dict[str, float] = field(default_factory=dict)
     """What each saga stream (and step stream) grew by, per order: the server's work grows with the
     bytes it stores and delivers, not only the messages (docs/performance.md, "Partitions")."""
+    redelivered: int = 0
+    """Messages the consumers were sent again over the run (``num_redelivered``): a nak's retry,
+    or an ack that did not come within ACK_WAIT_S. A clean run has none; every one is work done
+    twice (the inbox drops the copy)."""
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -443,6 +447,7 @@ async def measure(
         usage = {p.name: p.usage(elapsed) for p in procs}
         load_usage = load_generator.usage(elapsed)
         stored_after = await _stored(js)
+        redelivered = await _redelivered(js)
         events = sum(m for m, _ in stored_after.values()) - sum(m for m, _ in stored_before.values())
         latencies = sorted((o.done_at - o.published_at) * 1000 for o in orders if o.done_at)
         outcomes = Counter(o.outcome or "not finished" for o in orders)
@@ -464,6 +469,7 @@ async def measure(
                 name: (size - stored_before.get(name, (0, 0))[1]) / max(count, 1)
                 for name, (_, size) in stored_after.items()
             },
+            redelivered=redelivered,
         )
         return result
     finally:
@@ -491,6 +497,15 @@ async def _stored(js: JetStreamContext) -> dict[str, tuple[int, int]]:
             state = (await js.stream_info(stream.value)).state
             found[stream.value] = (state.messages, state.bytes)
     return found
+
+
+async def _redelivered(js: JetStreamContext) -> int:
+    """Messages redelivered to any consumer of the saga's streams (each run has a server of its own)."""
+    count = 0
+    for stream in (*PUBLIC_STREAMS, *STEP_STREAMS):
+        with contextlib.suppress(NotFoundError):
+            count += sum(info.num_redelivered or 0 for info in await js.consumers_info(stream.value))
+    return count
 
 
 # --- reporting --------------------------------------------------------------------------------------
@@ -529,6 +544,7 @@ def print_result(result: Result) -> None:
         f"max {lat['max']:.1f}"
     )
     print("  outcomes            " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())))
+    print(f"  redelivered         {result.redelivered:10d}")
     services_ms, nats_ms = cpu_per_saga_ms(result)
     print(f"  CPU per saga ms     services {services_ms:.3f}   nats {nats_ms:.3f}")
     if result.spans_per_saga:

@@ -33,6 +33,7 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
         assert result["orders"] == 300 and result["wrong_outcomes"] == 0
         assert sum(result["outcomes"].values()) == 300 and "not finished" not in result["outcomes"]
         assert set(result["latency_ms"]) == {"p50", "p95", "p99", "max"}
+        assert result["redelivered"] == 0  # every message acked within ACK_WAIT_S, none nakked
     assert set(saga["processes"]) == {"nats-server", "order_svc", "payment_svc", "inventory_svc"}
     # Run-queue time needs the kernel's schedstats; where it keeps them, every process has a figure.
     counted = Path("/proc/self/schedstat").exists()
@@ -51,7 +52,12 @@ def test_tiny_bench_runs_both_systems_verifies_outcomes_and_writes_json_and_char
     assert len(widths) == 1 and saga["elapsed_s"] / widths.pop() <= 60
     assert round(sum(p["sagas_per_s"] * p["bucket_s"] for p in saga["timeline"])) == 300
     assert summary["floor_ratio"] > 0
-    assert "saga / floor" in done.stdout and "completed sagas/s" in done.stdout and "run queue %" in done.stdout
+    assert (
+        "saga / floor" in done.stdout
+        and "completed sagas/s" in done.stdout
+        and "redelivered" in done.stdout
+        and "run queue %" in done.stdout
+    )
 
 
 def test_bench_keeps_a_runs_files_when_asked(tmp_path: Path) -> None:
