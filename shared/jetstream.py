@@ -38,8 +38,9 @@ ACK_WAIT_S = 10.0
 late a message can be when a node dies with it: a delivery in flight, or an ack or nak sent
 while the consumer had no leader, is lost, and only this timer brings the message back. So it
 is well under ORDER_TIMEOUT_S (30 s) less an election (~5 s), or a node loss cancels orders;
-and well over the time a batch waits and commits (under a second at 4,000 sagas/s), or
-messages in hand would be delivered twice (the inbox would drop the copy)."""
+and well over the time a message waits in hand and in its round's commit, or it is delivered
+twice (the inbox drops the copy): saga-bench's ``redelivered`` counts those, none in a burst of
+20,000 orders at 4 partitions x 2 instances on this 2-core machine."""
 
 MAX_ACK_PENDING = 4096
 """How many messages a consumer may hold unacknowledged: retries waiting on a delay do not block the rest."""
