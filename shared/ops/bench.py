@@ -619,8 +619,10 @@ async def run(args: argparse.Namespace) -> int:
         runs: dict[str, Result] = {}
         # With --pairs, the two shapes alternate: this machine drifts within minutes, so each
         # pair's ratio is taken from two runs next to each other, and the median of the pairs.
+        # Every other pair runs them the other way round (A B, B A, A B, ...), so neither shape
+        # is always the one that runs second, after a drift or on the disk the other one left.
         for pair in range(args.pairs if len(shapes) == 2 else 1):
-            for shape in shapes:
+            for shape in shapes if pair % 2 == 0 else shapes[::-1]:
                 name = shape.suffix
                 again = f"-{pair + 1}" if args.pairs > 1 and len(shapes) == 2 else ""
                 if args.floor:
