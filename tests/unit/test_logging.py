@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,12 +10,7 @@ import structlog
 
 from shared.logging import about_message, configure_logging, get_logger
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 
 def _lines(out: str) -> list[dict[str, Any]]:

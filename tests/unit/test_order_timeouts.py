@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from order_svc.__main__ import ORDER_SERVICE
 from order_svc.timeouts import ELECTION_S, warn_if_a_node_loss_can_time_out_orders
@@ -14,12 +12,7 @@ from shared.jetstream import ACK_WAIT_S
 from shared.logging import configure_logging
 from shared.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 
 @pytest.mark.parametrize(
