@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import random
 import re
 import shutil
 import signal
@@ -89,8 +90,28 @@ async def consumers_idle(js: JetStreamContext, streams: tuple[str, ...] | None =
     return True
 
 
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_LISTEN_PORTS = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port free now, below the kernel's ephemeral range. A port the kernel hands out
+    (bind to 0) is one it may also give the next outgoing connection, such as a cluster node's
+    route to another, before our server binds it: a CI run lost a node to that ("bind: address
+    already in use"). Ports below the range are only ever taken by a bind."""
+    high = _ephemeral_ports_start()
+    low = min(10_000, high // 2)
+    for _ in range(100):
+        port = _LISTEN_PORTS.randrange(low, high)
+        if port_is_free(port):
+            return port
+    with socket.socket() as sock:  # the low ports are all taken: take the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
