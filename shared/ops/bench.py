@@ -142,27 +142,36 @@ Message = tuple[str, bytes, dict[str, str]]
 """What ``Publisher`` sends: subject, payload, headers."""
 
 
-def order_message(order: Order, rng: random.Random, local_among: int = 1) -> Message:
+def order_message(order: Order, rng: random.Random, customer_among: int = 1, sku_among: int = 1) -> Message:
     """The order's ``orders.requested``, with the customer, sku and quantity its kind needs.
 
-    ``local_among`` > 1: the customer and the sku are drawn from those in the order's own
-    partition among that many, so no payment or reservation is re-keyed to another partition
-    (``--no-rekeying``: what the re-keying costs is the difference)."""
+    ``customer_among`` > 1: the customer is drawn from those in the order's own partition among
+    that many, so its payment is not re-keyed to another partition; ``sku_among`` the same for
+    the sku and its reservation (``--no-rekeying``: what the re-keying costs is the difference)."""
     kind = order.order_id.rsplit("-", 1)[1]
-    home = partition_of(order.order_id, local_among)
     while True:
         customer = f"poor-{rng.randrange(10)}" if kind == "funds" else f"rich-{rng.randrange(100)}"
-        if partition_of(customer, local_among) == home:
+        if partition_of(customer, customer_among) == partition_of(order.order_id, customer_among):
             break
     while True:
         sku = f"scarce-{rng.randrange(10)}" if kind == "stock" else f"plenty-{rng.randrange(100)}"
-        if partition_of(sku, local_among) == home:
+        if partition_of(sku, sku_among) == partition_of(order.order_id, sku_among):
             break
     quantity = 1_000 if kind == "stock" else rng.randint(1, 3)
     subject, body, event_id = client.order_request(
         order.order_id, customer, [{"sku": sku, "quantity": quantity, "unit_price_cents": rng.randint(100, 5_000)}]
     )
     return subject, body, {MSG_ID_HEADER: event_id}
+
+
+def _rekeying_described(no_rekeying: str | None) -> str:
+    match no_rekeying:
+        case None:
+            return ""
+        case "both":
+            return ", no re-keying"
+        case service:
+            return f", no re-keying of {service}"
 
 
 SEED_DEPOSITS = [(f"rich-{i}", 10**13) for i in range(100)] + [(f"poor-{i}", 1) for i in range(10)]
@@ -416,8 +425,9 @@ async def measure(
         count = args.burst or int(args.rate * args.duration)
         orders = make_orders(count, args.all_success, rng, label)
         body_rng = random.Random(args.seed)
-        local_among = args.partitions if args.no_rekeying else 1
-        messages = [order_message(order, body_rng, local_among) for order in orders]
+        customer_among = args.partitions if args.no_rekeying in ("both", "payments") else 1
+        sku_among = args.partitions if args.no_rekeying in ("both", "inventory") else 1
+        messages = [order_message(order, body_rng, customer_among, sku_among) for order in orders]
         by_id = {o.order_id: o for o in orders}
         tracker = Tracker(by_id)
         await nc.subscribe("orders.confirmed.*", cb=tracker.on_outcome)
@@ -431,7 +441,7 @@ async def measure(
         print(
             f"{label}: {count} orders, {'burst' if args.burst else f'{args.rate:g}/s for {args.duration:g}s'}"
             f"{', all succeed' if args.all_success else ', default mix'}"
-            f"{', no re-keying' if args.no_rekeying else ''}",
+            f"{_rekeying_described(args.no_rekeying)}",
             file=sys.stderr,
         )
         stop_progress = asyncio.Event()
@@ -703,9 +713,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-success", action="store_true", help="every order confirms (default: ~80%%)")
     parser.add_argument(
         "--no-rekeying",
-        action="store_true",
+        nargs="?",
+        const="both",
+        choices=("both", "payments", "inventory"),
         help="with --partitions: every order's customer and sku in the order's own partition (in both shapes), "
-        "so nothing is re-keyed; what re-keying costs is the difference from a run without it",
+        "so nothing is re-keyed; what re-keying costs is the difference from a run without it. "
+        "'payments' keeps only the customer at home, 'inventory' only the sku",
     )
     parser.add_argument("--floor", action="store_true", help="also measure bare relays and print the ratio")
     parser.add_argument(
