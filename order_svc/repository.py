@@ -89,6 +89,13 @@ def save_status(tx: sqlite3.Connection, order: Order) -> None:
     )
 
 
+def any_pending_older_than(conn: sqlite3.Connection, cutoff: float) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM orders WHERE status = 'PENDING' AND created_at <= ? LIMIT 1", (cutoff,)
+    ).fetchone()
+    return row is not None
+
+
 def pending_older_than(conn: sqlite3.Connection, cutoff: float, limit: int) -> list[Order]:
     return [
         from_row(row)
