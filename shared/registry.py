@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
 
 from shared.aio import sleep_unless_stopped
 from shared.lease import REGISTRY_BUCKET
@@ -88,7 +89,10 @@ def read_store_identity(db_path: Path) -> str | None:
 
 async def registered(js: JetStreamContext, key: str) -> Registration | None:
     """The store registered for ``key``, or None if none is yet."""
-    kv = await js.key_value(REGISTRY_BUCKET)
+    return await _registered_in(await js.key_value(REGISTRY_BUCKET), key)
+
+
+async def _registered_in(kv: KeyValue, key: str) -> Registration | None:
     try:
         entry = await kv.get(key)
     except (KeyNotFoundError, NotFoundError):
@@ -167,10 +171,15 @@ async def replace(js: JetStreamContext, key: str, db_path: Path, service: str, r
 
 
 async def watch(js: JetStreamContext, key: str, store_id: str, stop: asyncio.Event, every_s: float) -> str:
-    """Return (with why) once ``key`` no longer names ``store_id`` (an operator replaced it); or at ``stop``."""
+    """Return (with why) once ``key`` no longer names ``store_id`` (an operator replaced it); or at ``stop``.
+
+    The bucket is bound once: ``key_value`` asks the server for the bucket's stream info, which
+    at every look would be a second request per partition, idle or not."""
+    kv: KeyValue | None = None
     while not await sleep_unless_stopped(stop, every_s):
         try:
-            current = await registered(js, key)
+            kv = kv or await js.key_value(REGISTRY_BUCKET)
+            current = await _registered_in(kv, key)
         except Exception:  # NATS away: look again later; the lease guards writing meanwhile
             continue
         if current is None or current.store_id != store_id:

@@ -277,3 +277,21 @@ async def test_a_lost_store_is_replaced_only_by_naming_the_one_it_replaces(
     async with running(PAYMENT_SERVICE, dataclasses.replace(settings, data_dir=fresh.parent)):
         pass
     assert await asyncio.wait_for(serve(PAYMENT_SERVICE, settings), timeout=20) == EXIT_NOT_THE_REGISTERED_STORE
+
+
+async def test_a_running_writer_whose_store_is_replaced_under_it_stops(
+    js: JetStreamContext, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("payment_svc", lease_ttl_s=2.0)  # it looks every renewal: half a second
+    stop, started = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(serve(PAYMENT_SERVICE, settings, stop, started))
+    try:
+        await asyncio.wait_for(started.wait(), timeout=20)
+        running_store = registry.store_identity(settings.db_path, "payment_svc")
+        await registry.replace(
+            js, "payment_svc", tmp_path / "new-volume" / "payment_svc.sqlite3", "payment_svc", running_store
+        )
+        assert await asyncio.wait_for(serving, timeout=10) == 1  # it stopped by itself, as a failure
+    finally:
+        stop.set()
+        await asyncio.gather(serving, return_exceptions=True)
