@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.contract import OrderItem, OrderRequested, quantities_per_sku
+from shared.contract import (
+    CAPTURE_REQUESTED,
+    CHARGE_REQUESTED,
+    RELEASE_REQUESTED,
+    OrderItem,
+    OrderRequested,
+    quantities_per_sku,
+)
 from shared.envelope import Event
+from shared.partitions import Partitioning
 from shared.subjects import EventType
 
 DUPLICATE_ORDER_ID = "duplicate_order_id"
@@ -88,3 +96,24 @@ def place_order(
         "total_cents": total,
     }
     return order, [Event(EventType.ORDERS_CREATED, order_id, created)]
+
+
+def with_payment_inputs(order: Order, events: list[Event], partitioning: Partitioning) -> list[Event]:
+    """``events`` and, partitioned, what payment_svc's partition of the order's customer must
+    receive of them: the charge of ``orders.created``, the capture of ``orders.confirmed``, the
+    release of ``orders.cancelled``. Unpartitioned, payment_svc reads those events themselves."""
+    if not partitioning.partitioned:
+        return events
+    partition = partitioning.of(order.customer_id)
+    inputs = []
+    for event in events:
+        match event.type:
+            case EventType.ORDERS_CREATED:
+                data = {"customer_id": order.customer_id, "amount_cents": order.total_cents}
+                inputs.append(Event(CHARGE_REQUESTED, order.order_id, data, partition))
+            case EventType.ORDERS_CONFIRMED:
+                inputs.append(Event(CAPTURE_REQUESTED, order.order_id, {"customer_id": order.customer_id}, partition))
+            case EventType.ORDERS_CANCELLED:
+                data = {"customer_id": order.customer_id, "reason": event.data["reason"]}
+                inputs.append(Event(RELEASE_REQUESTED, order.order_id, data, partition))
+    return [*events, *inputs]

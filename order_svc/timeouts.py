@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import sqlite3
 import time
@@ -11,10 +12,13 @@ from order_svc import domain, repository
 from order_svc.handlers import save_outcome
 from shared import outbox, tracing
 from shared.aio import sleep_unless_stopped
+from shared.envelope import Event
 from shared.jetstream import ACK_WAIT_S
 from shared.logging import get_logger
+from shared.partitions import Partitioning
 from shared.service import ServiceContext
 from shared.settings import Settings
+from shared.steps import batch_steps
 
 log = get_logger("order_svc.timeouts")
 
@@ -42,15 +46,24 @@ def sweep_interval_s(timeout_s: float) -> float:
     return min(max(timeout_s / 4, 0.05), 1.0)
 
 
-def _cancel_batch(timeout_s: float, tx: sqlite3.Connection) -> int:
-    """Cancel up to SWEEP_BATCH overdue orders, in the same transaction as their outbox rows."""
+def _cancel_batch(timeout_s: float, partitioning: Partitioning, tx: sqlite3.Connection) -> int:
+    """Cancel up to SWEEP_BATCH overdue orders, in the same transaction as their outbox rows
+    (partitioned, with the releases for payment_svc, a batch per partition: shared.steps)."""
     orders = repository.pending_older_than(tx, time.time() - timeout_s, SWEEP_BATCH)
+    cancelled: list[Event] = []
+    caused: list[tuple[Event, str | None]] = []
     for order in orders:
         events = order.cancel(domain.TIMEOUT)
         save_outcome(tx, order)
-        records = outbox.add(tx, events, causation_id=None, traceparent=_timeout_span(tx, order.order_id))
-        for event, record in zip(events, records, strict=True):
-            log.info("order.timed_out", order_id=order.order_id, event_type=event.type, event_id=record.event_id)
+        span = _timeout_span(tx, order.order_id)
+        cancelled += events
+        caused += [
+            (dataclasses.replace(e, traceparent=span), None)
+            for e in domain.with_payment_inputs(order, events, partitioning)
+        ]
+    records = outbox.add(tx, batch_steps(caused), causation_id=None)
+    for event, record in zip(cancelled, records, strict=False):  # the saga's events come first
+        log.info("order.timed_out", order_id=event.order_id, event_type=event.type, event_id=record.event_id)
     return len(orders)
 
 
@@ -73,7 +86,9 @@ async def cancel_timed_out(ctx: ServiceContext) -> int:
         return 0
     cancelled = 0
     while True:
-        count = await ctx.store.run(functools.partial(_cancel_batch, ctx.settings.order_timeout_s))
+        count = await ctx.store.run(
+            functools.partial(_cancel_batch, ctx.settings.order_timeout_s, ctx.settings.partitioning)
+        )
         if count:
             ctx.relay.wake()
         cancelled += count

@@ -18,13 +18,8 @@ from shared.envelope import Event
 from shared.subjects import EventType
 
 STEPS = "payment_svc.steps"
-"""A batch of the sub-steps below, for one partition (shared.steps)."""
-CHARGE_REQUESTED = "payment_svc.charge_requested"
-"""Sub-step (partitioned only): from the order's partition to its customer's, hold the order's charge."""
-CAPTURE_REQUESTED = "payment_svc.capture_requested"
-"""Sub-step (partitioned only): the order was confirmed; capture its charge in the customer's partition."""
-RELEASE_REQUESTED = "payment_svc.release_requested"
-"""Sub-step (partitioned only): the order was cancelled; release its charge in the customer's partition."""
+"""Partitioned: a batch of what one partition receives of its customers' orders from order_svc
+(shared.contract's charge, capture and release requests; shared.steps)."""
 
 INSUFFICIENT_FUNDS = "insufficient_funds"
 UNKNOWN_CUSTOMER = "unknown_customer"
@@ -112,33 +107,6 @@ def release(
     existing.reason = reason
     released = {"amount_cents": existing.amount_cents, "reason": reason}
     return existing, [Event(EventType.PAYMENTS_REFUNDED, order_id, released)]
-
-
-@dataclass
-class Forwarded:
-    """An order whose payment lives in its customer's partition, not the order's (docs/partitions.md)."""
-
-    order_id: str
-    customer_id: str
-    partition: int
-    """The customer's partition."""
-
-
-def forward_charge(order_id: str, customer_id: str, amount_cents: int, partition: int) -> tuple[Forwarded, list[Event]]:
-    """Hand the charge to the customer's partition: the balance lives there, and so does the payment."""
-    data = {"customer_id": customer_id, "amount_cents": amount_cents}
-    return Forwarded(order_id, customer_id, partition), [Event(CHARGE_REQUESTED, order_id, data, partition)]
-
-
-def forward_capture(forwarded: Forwarded) -> list[Event]:
-    """The confirm of a forwarded order goes where its charge went; that partition decides (``capture``)."""
-    return [Event(CAPTURE_REQUESTED, forwarded.order_id, {"customer_id": forwarded.customer_id}, forwarded.partition)]
-
-
-def forward_release(forwarded: Forwarded, reason: str) -> list[Event]:
-    """The cancel of a forwarded order goes where its charge went; that partition decides (``release``)."""
-    data = {"customer_id": forwarded.customer_id, "reason": reason}
-    return [Event(RELEASE_REQUESTED, forwarded.order_id, data, forwarded.partition)]
 
 
 def deposit(account: Account | None, customer_id: str, amount_cents: int) -> Account:

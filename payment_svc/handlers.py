@@ -1,9 +1,10 @@
 """payment_svc's handlers: hold on orders.created, capture on orders.confirmed, release on
 orders.cancelled (payment_svc.domain).
 
-Partitioned, a payment lives with its customer's balance: an order's events reach the order's
-partition, which holds there if the customer is there too, and otherwise forwards the charge,
-and later its confirm or cancel, to the customer's partition (docs/partitions.md).
+Partitioned, a payment lives with its customer's balance, and the customer is not in those
+events' subjects: order_svc sends each partition what it needs of its customers' orders (the
+charge, the capture, the release), batched, and payment_svc reads no ORDERS at all
+(docs/partitions.md).
 """
 
 from __future__ import annotations
@@ -13,28 +14,24 @@ import sqlite3
 
 from payment_svc import domain, repository
 from shared.consumer import ConsumerSpec, Route
-from shared.contract import Cents, CustomerId, OrderCancelled, OrderConfirmed, OrderCreated, Reason
+from shared.contract import (
+    CAPTURE_REQUESTED,
+    CHARGE_REQUESTED,
+    RELEASE_REQUESTED,
+    CaptureRequested,
+    ChargeRequested,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    ReleaseRequested,
+)
 from shared.envelope import Envelope, Event, EventData
 from shared.logging import get_logger
 from shared.partitions import UNPARTITIONED, Partitioning
-from shared.steps import StepBatch, apply_batch, partition_of_batch
+from shared.steps import StepBatch, StepHandler, apply_batch, partition_of_batch
 from shared.subjects import EventType, Stream
 
 log = get_logger("payment_svc")
-
-
-class ChargeRequested(EventData):
-    customer_id: CustomerId
-    amount_cents: Cents
-
-
-class CaptureRequested(EventData):
-    customer_id: CustomerId
-
-
-class ReleaseRequested(EventData):
-    customer_id: CustomerId
-    reason: Reason
 
 
 def _hold(tx: sqlite3.Connection, order_id: str, customer_id: str, amount_cents: int) -> list[Event]:
@@ -79,33 +76,15 @@ def _release(tx: sqlite3.Connection, order_id: str, reason: str) -> list[Event]:
     return events
 
 
-def on_orders_created(
-    partitioning: Partitioning, tx: sqlite3.Connection, env: Envelope, data: OrderCreated
-) -> list[Event]:
-    account_partition = partitioning.of(data.customer_id)
-    if account_partition == partitioning.of(env.order_id):  # always so when unpartitioned
-        return _hold(tx, env.order_id, data.customer_id, data.total_cents)
-    # A payment row here is the barrier of a cancel that came first; a forward, a repeat.
-    if repository.get_payment(tx, env.order_id) or repository.get_forwarded(tx, env.order_id):
-        log.debug("payment.forward_skipped")
-        return []
-    forwarded, events = domain.forward_charge(env.order_id, data.customer_id, data.total_cents, account_partition)
-    repository.add_forwarded(tx, forwarded)
-    log.debug("payment.forwarded", partition=account_partition)
-    return events
+def on_orders_created(tx: sqlite3.Connection, env: Envelope, data: OrderCreated) -> list[Event]:
+    return _hold(tx, env.order_id, data.customer_id, data.total_cents)
 
 
 def on_orders_confirmed(tx: sqlite3.Connection, env: Envelope, data: OrderConfirmed) -> list[Event]:
-    forwarded = repository.get_forwarded(tx, env.order_id)
-    if forwarded is not None:
-        return domain.forward_capture(forwarded)
     return _capture(tx, env.order_id)
 
 
 def on_orders_cancelled(tx: sqlite3.Connection, env: Envelope, data: OrderCancelled) -> list[Event]:
-    forwarded = repository.get_forwarded(tx, env.order_id)
-    if forwarded is not None:
-        return domain.forward_release(forwarded, data.reason)
     return _release(tx, env.order_id, data.reason)
 
 
@@ -122,37 +101,24 @@ def on_release_requested(tx: sqlite3.Connection, env: Envelope, data: ReleaseReq
 
 
 def consumers(partitioning: Partitioning) -> list[ConsumerSpec]:
-    specs = [
-        ConsumerSpec(
-            Stream.ORDERS,
-            {
-                EventType.ORDERS_CREATED: Route(OrderCreated, functools.partial(on_orders_created, partitioning)),
-                EventType.ORDERS_CONFIRMED: Route(OrderConfirmed, on_orders_confirmed),
-                EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
-            },
-        ),
-    ]
-    if partitioning.partitioned:
-        specs.append(
+    if not partitioning.partitioned:
+        return [
             ConsumerSpec(
-                Stream.PAYMENT_STEPS,
+                Stream.ORDERS,
                 {
-                    domain.STEPS: Route(
-                        StepBatch,
-                        functools.partial(
-                            apply_batch,
-                            {
-                                domain.CHARGE_REQUESTED: (ChargeRequested, on_charge_requested),
-                                domain.CAPTURE_REQUESTED: (CaptureRequested, on_capture_requested),
-                                domain.RELEASE_REQUESTED: (ReleaseRequested, on_release_requested),
-                            },
-                        ),
-                        key=partition_of_batch,
-                    )
+                    EventType.ORDERS_CREATED: Route(OrderCreated, on_orders_created),
+                    EventType.ORDERS_CONFIRMED: Route(OrderConfirmed, on_orders_confirmed),
+                    EventType.ORDERS_CANCELLED: Route(OrderCancelled, on_orders_cancelled),
                 },
             )
-        )
-    return specs
+        ]
+    steps: dict[str, tuple[type[EventData], StepHandler]] = {
+        CHARGE_REQUESTED: (ChargeRequested, on_charge_requested),
+        CAPTURE_REQUESTED: (CaptureRequested, on_capture_requested),
+        RELEASE_REQUESTED: (ReleaseRequested, on_release_requested),
+    }
+    batches = Route(StepBatch, functools.partial(apply_batch, steps), key=partition_of_batch)
+    return [ConsumerSpec(Stream.PAYMENT_STEPS, {domain.STEPS: batches})]
 
 
 CONSUMERS = consumers(UNPARTITIONED)

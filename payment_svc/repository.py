@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from payment_svc.domain import Account, Forwarded, Payment, PaymentStatus
+from payment_svc.domain import Account, Payment, PaymentStatus
 from shared.store import add_missing_columns
 
 SCHEMA = """
@@ -31,12 +31,6 @@ CREATE TABLE IF NOT EXISTS deposits (
 );
 CREATE INDEX IF NOT EXISTS deposits_by_customer ON deposits(customer_id);
 CREATE UNIQUE INDEX IF NOT EXISTS deposits_by_request ON deposits(request_id) WHERE request_id IS NOT NULL;
--- Partitioned only: orders of this partition whose payment is in their customer's partition.
-CREATE TABLE IF NOT EXISTS forwarded (
-    order_id    TEXT PRIMARY KEY,
-    customer_id TEXT NOT NULL,
-    partition   INTEGER NOT NULL
-) WITHOUT ROWID;
 """
 
 
@@ -109,15 +103,3 @@ def deposit_of_request(conn: sqlite3.Connection, request_id: str | None) -> tupl
         return None
     row = conn.execute("SELECT customer_id, amount_cents FROM deposits WHERE request_id = ?", (request_id,)).fetchone()
     return (row["customer_id"], row["amount_cents"]) if row else None
-
-
-def get_forwarded(conn: sqlite3.Connection, order_id: str) -> Forwarded | None:
-    row = conn.execute("SELECT * FROM forwarded WHERE order_id = ?", (order_id,)).fetchone()
-    return Forwarded(row["order_id"], row["customer_id"], row["partition"]) if row else None
-
-
-def add_forwarded(tx: sqlite3.Connection, forwarded: Forwarded) -> None:
-    tx.execute(
-        "INSERT INTO forwarded(order_id, customer_id, partition) VALUES (?, ?, ?)",
-        (forwarded.order_id, forwarded.customer_id, forwarded.partition),
-    )

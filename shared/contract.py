@@ -64,6 +64,30 @@ class OrderCancelled(EventData):
     reason: Reason
 
 
+# Partitioned only: what payment_svc's partition of a customer receives of that customer's orders.
+# order_svc writes them, batched per partition (shared.steps), in the transaction that decides the
+# order's orders.created, orders.confirmed or orders.cancelled: the customer is in the order's
+# state, not in those events' subjects, and this way no partition of payment_svc has to look it up
+# and hand it on (docs/partitions.md).
+CHARGE_REQUESTED = "payment_svc.charge_requested"
+CAPTURE_REQUESTED = "payment_svc.capture_requested"
+RELEASE_REQUESTED = "payment_svc.release_requested"
+
+
+class ChargeRequested(EventData):
+    customer_id: CustomerId
+    amount_cents: Cents
+
+
+class CaptureRequested(EventData):
+    customer_id: CustomerId
+
+
+class ReleaseRequested(EventData):
+    customer_id: CustomerId
+    reason: Reason
+
+
 # payments.*
 class PaymentCompleted(EventData):
     customer_id: CustomerId

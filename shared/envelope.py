@@ -137,8 +137,9 @@ class Event:
     order_id: str
     data: dict[str, Any] = field(default_factory=dict)
     partition: int | None = None
-    """A sub-step for this partition of the emitting service itself (docs/partitions.md), published
-    on ``part.<partition>.<type>.<order_id>``; None for a saga event on ``<type>.<order_id>``."""
+    """A sub-step for this partition of the service its type names (docs/partitions.md): the
+    emitting service's own, or payment_svc's from order_svc. Batched (shared.steps) and published
+    on ``part.<partition>.<service>.steps.<id>``; None for a saga event on ``<type>.<order_id>``."""
     traceparent: str | None = None
     """Set only by the runtime, when tracing: the span it was emitted in, if not the span of the
     message being handled (a sub-step of a batch has a span of its own, shared.steps)."""

@@ -36,7 +36,7 @@ from shared.lease import Holder, Lease, LeaseLost, ensure_buckets
 from shared.lease import read as lease_read
 from shared.logging import configure_logging, get_logger
 from shared.outbox import Relay, requeue
-from shared.partitions import Partitioning
+from shared.partitions import UNPARTITIONED, Partitioning
 from shared.retention import check_retention, run_pruning
 from shared.routing import partition_subject, routed
 from shared.runtime import tune_gc
@@ -88,6 +88,13 @@ class ServiceDefinition:
     )
     steps: Stream | None = None
     """The stream of its sub-steps between its own partitions, if it has any (only made partitioned)."""
+    feeds: tuple[Stream, ...] = ()
+    """Partitioned, the other services' step streams it writes to (order_svc: payment_svc's)."""
+    requeue_fed: Callable[[Partitioning, sqlite3.Connection, str, str], int] = field(
+        default=lambda partitioning, tx, event_type, order_id: 0
+    )
+    """Partitioned, for a repair's re-send of its event ``event_type`` about ``order_id``: queue
+    again, in ``tx``, what it sent along with that event to its ``feeds``; how many rows."""
     migrate: Callable[[sqlite3.Connection], None] | None = None
     """Brings a store of an earlier version of the service up to date (``Store.open``)."""
     check_settings: Callable[[Settings], None] = field(default=lambda settings: None)
@@ -453,7 +460,7 @@ def unit_consumers(
 def public_endpoints(definition: ServiceDefinition) -> list[Endpoint]:
     """Every endpoint the service declares, for its name, subject and routing only: made without a
     context (a router owns no store), so their handlers are never called."""
-    return [*definition.endpoints(None), _republish_endpoint(definition, None, None)]  # type: ignore[arg-type]
+    return [*definition.endpoints(None), _republish_endpoint(definition, None, None, UNPARTITIONED)]  # type: ignore[arg-type]
 
 
 async def _write(instance: Instance, term: Term) -> int | None:
@@ -531,7 +538,7 @@ async def _write_locked(instance: Instance, term: Term, ending: asyncio.Event) -
         await batch_loop.start()
         where = partitioning.label(unit.partition) if partitioning.partitioned else ""
         micro = await _announce(nc, definition, lease.holder, role="writer", epoch=lease.epoch, partition=where)
-        for endpoint in [*definition.endpoints(ctx), _republish_endpoint(definition, store, relay)]:
+        for endpoint in [*definition.endpoints(ctx), _republish_endpoint(definition, store, relay, partitioning)]:
             subject = partition_subject(endpoint.subject, partitioning, unit.partition)
             await micro.add_endpoint(name=endpoint.name, subject=subject, handler=endpoint.handler)
         # The endpoints' SUBs sit in the client's write buffer until its flusher runs, and the
@@ -611,11 +618,15 @@ async def _term_gauges(
     return samples
 
 
-def _republish_endpoint(definition: ServiceDefinition, store: Store, relay: Relay) -> Endpoint:
+def _republish_endpoint(
+    definition: ServiceDefinition, store: Store, relay: Relay, partitioning: Partitioning
+) -> Endpoint:
     """``api.<name>.republish``: send again what this service emitted about an order (repair)."""
 
     async def republish(req: RepublishRequest) -> dict[str, Any]:
         queued = await requeue(store, event_subject(req.type, req.order_id))
+        if queued and partitioning.partitioned:
+            queued += await store.run(lambda tx: definition.requeue_fed(partitioning, tx, req.type, req.order_id))
         relay.wake()
         log.warning("outbox.requeued", order_id=req.order_id, event_type=req.type, rows=queued)
         return {"order_id": req.order_id, "type": req.type, "republished": queued}

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import nats
 import pytest
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -20,6 +21,16 @@ from shared.ops.harness import NatsServer
 from shared.partitions import PART_PREFIX, split_stored
 
 T = TypeVar("T")
+
+
+@pytest.fixture
+def structlog_defaults() -> Iterator[None]:
+    """structlog as it is before anything configures it, before and after the test: a test that
+    configures logging (or runs a service in-process, which does) leaves no cached loggers or
+    processors, nor a stream pytest has since closed, to the next."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def unique(prefix: str) -> str:

@@ -118,6 +118,8 @@ def service_permissions(definition: ServiceDefinition, partitioning: Partitionin
     ]
     if definition.steps:
         publish.append(STREAM_SUBJECTS[definition.steps])
+    if partitioning.partitioned:
+        publish += [STREAM_SUBJECTS[stream] for stream in definition.feeds]
     for stream, durable in sorted(durables):
         publish += [
             f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}",

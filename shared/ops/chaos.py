@@ -53,14 +53,30 @@ from shared.subjects import Stream
 DUP_HEADER = "Chaos-Dup"
 MALFORMED_HEADER = "Chaos-Malformed"
 
-# Which services consume which event type: a malformed message on it is dead-lettered by each.
-CONSUMERS_OF = {
-    "orders.requested": ("order_svc",),
-    "orders.cancel_requested": ("order_svc",),
-    "orders.created": ("payment_svc", "inventory_svc"),
-    "payments.completed": ("inventory_svc",),
-    "inventory.reserved": ("order_svc",),
-}
+MALFORMED_TYPES = (
+    "orders.requested",
+    "orders.cancel_requested",
+    "orders.created",
+    "payments.completed",
+    "inventory.reserved",
+)
+"""The event types a malformed message is injected on."""
+
+
+def consumers_of(partitioning: Partitioning) -> dict[str, tuple[str, ...]]:
+    """Which services read each of MALFORMED_TYPES with ``partitioning``: a malformed message of
+    the type is dead-lettered by each (partitioned, payment_svc reads no ORDERS)."""
+    from shared.ops.auth import service_definitions  # the services import shared, not the reverse
+
+    definitions = service_definitions()
+    return {
+        event_type: tuple(
+            name
+            for name, definition in definitions.items()
+            if any(event_type in spec.routes for spec in definition.consumers_for(partitioning))
+        )
+        for event_type in MALFORMED_TYPES
+    }
 
 
 @dataclass
@@ -82,6 +98,8 @@ class Ledger:
     malformed: list[Malformed] = field(default_factory=list)
     injected: Counter[str] = field(default_factory=Counter)
     publish_retries: int = 0
+    consumers_of: dict[str, tuple[str, ...]] = field(default_factory=lambda: consumers_of(Partitioning()))
+    """Who must dead-letter a malformed message of each type (``consumers_of``)."""
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -133,7 +151,7 @@ async def place(js: JetStreamContext, ledger: Ledger, rng: random.Random, kind: 
 def malformed_message(rng: random.Random, n: int) -> tuple[str, bytes, str]:
     """(subject, body, expected reason) of one kind of bad input, chosen at random."""
     order_id = f"junk-{n:05d}"
-    event_type = rng.choice(list(CONSUMERS_OF))
+    event_type = rng.choice(MALFORMED_TYPES)
     good = {"event_id": f"junk-evt-{n}", "type": event_type, "order_id": order_id, "data": {}}
     kind = rng.randrange(5)
     if kind == 0:
@@ -168,7 +186,7 @@ async def drive_load(
                 garbage_js, ledger, subject, body, {MALFORMED_HEADER: reason, MSG_ID_HEADER: uuid.uuid4().hex}
             )
             event_type = ".".join(subject.split(".")[:2])
-            ledger.malformed.append(Malformed(subject, body, reason, seq, CONSUMERS_OF[event_type]))
+            ledger.malformed.append(Malformed(subject, body, reason, seq, ledger.consumers_of[event_type]))
             ledger.injected["malformed messages"] += 1
         await place(js, ledger, rng, rng.choice(kinds), n)
         n += 1
@@ -624,7 +642,7 @@ async def run(args: argparse.Namespace) -> int:
         f"{'behind saga-auth' if args.auth else 'an open server'}, workdir {workdir}"
     )
     pauses: list[Pause] = []
-    ledger = Ledger()
+    ledger = Ledger(consumers_of=consumers_of(Partitioning(args.partitions)))
 
     async def quiet(exc: Exception) -> None:  # the NATS outage is on purpose
         pass

@@ -103,7 +103,7 @@ async def test_one_order_is_one_trace_across_the_services_compensation_included(
         await client.restock(nc, sku, quantity)
     customer = await new_customer(nc, 10_000)
     order_id = unique("o")
-    while partitioning.of(order_id) == partitioning.of(customer):  # so the charge is re-keyed
+    while partitioning.of(order_id) == partitioning.of(customer):  # the charge in another partition
         order_id = unique("o")
     lines = [
         {"sku": skus[0], "quantity": 2, "unit_price_cents": 10},
@@ -115,12 +115,10 @@ async def test_one_order_is_one_trace_across_the_services_compensation_included(
 
     handlings = {
         ("order_svc", "handle orders.requested"),
-        ("payment_svc", "handle orders.created"),
-        ("payment_svc", "handle payment_svc.charge_requested"),  # the re-keying sub-step
+        ("payment_svc", "handle payment_svc.charge_requested"),  # sent by order_svc to the customer's partition
         ("inventory_svc", "handle payments.completed"),
         ("inventory_svc", "handle inventory_svc.reserve_requested"),  # a line in each partition
         ("order_svc", "handle inventory.failed"),
-        ("payment_svc", "handle orders.cancelled"),
         ("payment_svc", "handle payment_svc.release_requested"),  # the compensation
     }
     trace = await _whole_trace(receiver, order_id, handlings)
@@ -133,14 +131,13 @@ async def test_one_order_is_one_trace_across_the_services_compensation_included(
     assert not others, [(s.service, s.name, s.trace_id) for s in others]
 
     # Each handling descends from the one that emitted what it handled.
-    assert ("payment_svc", "handle orders.created") in _ancestors(
+    charge = _only(trace, "payment_svc", "handle payment_svc.charge_requested")
+    assert _ancestors(charge, trace) == [("order_svc", "handle orders.requested")]
+    assert ("payment_svc", "handle payment_svc.charge_requested") in _ancestors(
         _only(trace, "inventory_svc", "handle payments.completed"), trace
     )
     release = _only(trace, "payment_svc", "handle payment_svc.release_requested")
-    assert _ancestors(release, trace)[:2] == [
-        ("payment_svc", "handle orders.cancelled"),
-        ("order_svc", "handle inventory.failed"),
-    ]
+    assert _ancestors(release, trace)[:1] == [("order_svc", "handle inventory.failed")]
     assert ("inventory_svc", "handle payments.completed") in _ancestors(release, trace)
     # Parent and causation agree: a span's parent handled the event that caused its message
     # (or, for what a sub-step emitted, is that step of the batch the causation names).
@@ -189,12 +186,10 @@ async def test_a_timeouts_cancel_joins_the_orders_trace(traced: tuple[System, Ot
     finally:
         payments.start()
         system.wait_partitions_owned(("payment_svc",))
-    # Back, payment_svc handles the orders.created and the orders.cancelled it missed.
-    trace = await _whole_trace(
-        receiver,
-        order_id,
-        {("order_svc", "order timeout"), ("payment_svc", "handle orders.cancelled")},
-    )
+    # Back, payment_svc handles the charge and the release it missed (partitioned, order_svc
+    # sends them to the customer's partition: the release from the timeout's transaction).
+    release = ("payment_svc", "handle payment_svc.release_requested")
+    trace = await _whole_trace(receiver, order_id, {("order_svc", "order timeout"), release})
     timeout = _only(trace, "order_svc", "order timeout")
     assert _ancestors(timeout, trace) == [("order_svc", "handle orders.requested")]
-    assert ("order_svc", "order timeout") in _ancestors(_only(trace, "payment_svc", "handle orders.cancelled"), trace)
+    assert _ancestors(_only(trace, *release), trace)[:1] == [("order_svc", "order timeout")]

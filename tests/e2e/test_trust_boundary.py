@@ -19,11 +19,14 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 
 from shared.connection import Credentials, RefusedByServer, connect
+from shared.contract import RELEASE_REQUESTED
+from shared.envelope import Event
 from shared.ops import client
 from shared.ops.audit import collect
 from shared.ops.auth import init, seed_path
 from shared.ops.harness import ServiceProcess, System, consumers_idle
 from shared.partitions import Partitioning
+from shared.steps import batch_steps
 from shared.subjects import Stream
 from tests.conftest import admitted, poll, stream_messages, subject_count, unique
 from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_stock
@@ -31,10 +34,15 @@ from tests.e2e.conftest import new_customer, new_sku, settled_balance, settled_s
 pytestmark = pytest.mark.e2e
 
 
+PARTITIONING = Partitioning(2)
+
+
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     # Partitioned, so the partitions' durables are among what an outsider tries to pull from.
-    running = System(tmp_path_factory.mktemp("trust"), service_env={"PARTITIONS": "2"}, auth=True).start()
+    running = System(
+        tmp_path_factory.mktemp("trust"), service_env={"PARTITIONS": str(PARTITIONING.count)}, auth=True
+    ).start()
     yield running
     running.stop()
 
@@ -251,7 +259,7 @@ async def test_a_client_application_gets_a_key_of_its_own_and_loses_it_when_revo
     operator: Client, secure: System, tmp_path: Path
 ) -> None:
     assert secure.server is not None and secure.server.proc is not None
-    init(secure.auth_dir, Partitioning(2), add_clients=["shop"])
+    init(secure.auth_dir, PARTITIONING, add_clients=["shop"])
     secure.server.proc.send_signal(signal.SIGHUP)  # the server reloads its configuration
     shop = Credentials(nkey_seed=seed_path(secure.auth_dir, "client-shop"), inbox_prefix="_INBOX_client-shop")
     app = await poll(lambda: admitted(secure.url, shop), lambda nc: nc is not None)
@@ -273,7 +281,7 @@ async def test_a_client_application_gets_a_key_of_its_own_and_loses_it_when_revo
         await app.close()
     kept = tmp_path / "kept-client-shop.nk"  # as a decommissioned host might still hold it
     kept.write_bytes(seed_path(secure.auth_dir, "client-shop").read_bytes())
-    init(secure.auth_dir, Partitioning(2), revoke_clients=["shop"])
+    init(secure.auth_dir, PARTITIONING, revoke_clients=["shop"])
     secure.server.proc.send_signal(signal.SIGHUP)
     assert not seed_path(secure.auth_dir, "client-shop").exists()
     await poll(lambda: admitted(secure.url, Credentials(nkey_seed=kept), close=True), lambda nc: nc is None)
@@ -289,8 +297,14 @@ async def test_a_cancel_of_a_confirmed_order_releases_nothing_and_the_audit_repo
     order_id, customer, _ = await confirmed_order(operator, secure)
     js = operator.jetstream()
     await poll(lambda: payment_of(operator, order_id), lambda p: p is not None and p["status"] == "CAPTURED")
-    forged_cancel = forged("orders.cancelled", order_id, {"reason": "forged"})
-    await js.publish(f"orders.cancelled.{order_id}", forged_cancel, headers={"Nats-Msg-Id": unique("forged")})
+    # Partitioned, payment_svc reads no orders.cancelled: it takes the release order_svc sends
+    # the customer's partition, in a batch. A forgery of that is the cancel that reaches it.
+    release = Event(
+        RELEASE_REQUESTED, order_id, {"customer_id": customer, "reason": "forged"}, PARTITIONING.of(customer)
+    )
+    [batch] = batch_steps([(release, None)])
+    _, forged_cancel = batch.to_json(None)
+    await js.publish(batch.subject, forged_cancel, headers={"Nats-Msg-Id": unique("forged")})
     payment = await poll(
         lambda: payment_of(operator, order_id), lambda p: p is not None and p["refused_cancel"] == "forged"
     )

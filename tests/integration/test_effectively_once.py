@@ -17,6 +17,7 @@ from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderRequested
 from shared.envelope import Envelope, Event
 from shared.ops.client import place_order
+from shared.partitions import UNPARTITIONED
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique
@@ -162,7 +163,7 @@ async def test_failing_handler_is_dead_lettered_after_max_deliveries_without_tou
     """One poison message in a group-committed batch: its neighbours commit once, it alone retries."""
 
     def buggy(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
-        events = on_orders_requested(tx, env, data)  # writes, then fails: must be rolled back
+        events = on_orders_requested(UNPARTITIONED, tx, env, data)  # writes, then fails: must be rolled back
         if env.order_id.startswith("poison"):
             raise RuntimeError("a bug in the handler")
         return events

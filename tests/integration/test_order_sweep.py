@@ -10,18 +10,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
 
 from order_svc import domain, repository, timeouts
 from shared.contract import OrderItem
 from shared.jetstream import Publisher
 from shared.lease import Holder, Lease, ensure_buckets
+from shared.logging import get_logger
 from shared.outbox import Relay
 from shared.service import ServiceContext
 from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import unique
 from tests.integration.conftest import query
+
+pytestmark = pytest.mark.usefixtures("structlog_defaults")  # it logs the timeout it cancels
 
 
 def _order(order_id: str, created_at: float) -> domain.Order:
@@ -41,8 +45,11 @@ def _commits(db: Path) -> int:
 
 
 async def test_a_sweep_with_nothing_due_commits_nothing_and_one_with_an_overdue_order_cancels_it(
-    nc: Client, make_settings: Callable[..., Settings], tmp_path: Path
+    nc: Client, make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A logger of its own: the module's may keep the methods of a configuration an earlier test
+    # made in this process, writing to a stream pytest has closed since (shared.logging._Logger).
+    monkeypatch.setattr(timeouts, "log", get_logger("order_svc.timeouts"))
     js = nc.jetstream()
     await ensure_buckets(js, replicas=1)
     holder = dataclasses.replace(Holder.this_process("store-a"), instance=unique("i"))

@@ -35,7 +35,7 @@ def test_init_writes_a_private_seed_per_role_and_keeps_them_unless_told_to_rotat
         assert first[role] in done.stdout
     conf = (tmp_path / "permissions.conf").read_text()
     assert all(key in conf for key in first.values())
-    assert "payment_svc-p2-orders" in conf and "payment_svc-p3-orders" not in conf  # PARTITIONS=3
+    assert "inventory_svc-p2-orders" in conf and "inventory_svc-p3-orders" not in conf  # PARTITIONS=3
     assert "include permissions.conf" in (tmp_path / "nats-server.conf").read_text()
 
     init(tmp_path, Partitioning(3))

@@ -124,11 +124,14 @@ async def test_the_list_goes_live_and_an_orders_page_shows_its_saga_and_compensa
         cell = f"#timeline tr.event[data-type='{event_type}'] td:nth-child(5)"
         return str(browser.find_element(By.CSS_SELECTOR, cell).text)
 
-    # The refund's cause is the cancel; partitioned, through the release sub-step it caused.
+    # The refund's cause is the cancel. Partitioned, it is the release order_svc sent with the
+    # cancel, caused like the cancel by what order_svc was handling: the inventory.failed.
     refund_cause = cause_of("payments.refunded").removeprefix("↖ ")
     if refund_cause == "payment_svc.release_requested":
-        refund_cause = cause_of(refund_cause).removeprefix("↖ ")
-    assert refund_cause == "orders.cancelled", events
+        assert cause_of(refund_cause).removeprefix("↖ ") == cause_of("orders.cancelled").removeprefix("↖ ")
+        assert cause_of("orders.cancelled").removeprefix("↖ ") == "inventory.failed", events
+    else:
+        assert refund_cause == "orders.cancelled", events
     assert browser.find_element(By.ID, "order-status").text == "CANCELLED"
     held = {tr.get_attribute("data-service"): tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "#held tr.held")}
     assert '"status": "CANCELLED"' in held["order_svc"]

@@ -18,6 +18,7 @@ from shared.consumer import ConsumerSpec, Route
 from shared.contract import OrderRequested
 from shared.envelope import Envelope, Event
 from shared.ops.client import place_order
+from shared.partitions import UNPARTITIONED
 from shared.settings import Settings
 from shared.subjects import EventType, Stream
 from tests.conftest import poll, stream_messages, subject_count, unique
@@ -39,7 +40,7 @@ async def test_dead_letter_of_a_fixed_bug_is_listed_shown_and_replayed_exactly_o
     def sometimes_buggy(tx: sqlite3.Connection, env: Envelope, data: OrderRequested) -> list[Event]:
         if bug["present"]:
             raise RuntimeError("bug #42")
-        return on_orders_requested(tx, env, data)
+        return on_orders_requested(UNPARTITIONED, tx, env, data)
 
     definition = dataclasses.replace(
         ORDER_SERVICE,
