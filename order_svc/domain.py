@@ -99,11 +99,17 @@ def place_order(
 
 
 def with_payment_inputs(order: Order, events: list[Event], partitioning: Partitioning) -> list[Event]:
-    """``events`` and, partitioned, what payment_svc's partition of the order's customer must
-    receive of them: the charge of ``orders.created``, the capture of ``orders.confirmed``, the
-    release of ``orders.cancelled``. Unpartitioned, payment_svc reads those events themselves."""
+    """``events``, and what payment_svc's partition of the order's customer must receive of them."""
+    return [*events, *payment_inputs(order, events, partitioning)]
+
+
+def payment_inputs(order: Order, events: list[Event], partitioning: Partitioning) -> list[Event]:
+    """Partitioned, what payment_svc's partition of the order's customer must receive of
+    ``events``: the charge of ``orders.created``, the capture of ``orders.confirmed``, the
+    release of ``orders.cancelled`` (with the order's reason: a cancelled order keeps the one it
+    was cancelled with). Unpartitioned, none: payment_svc reads those events themselves."""
     if not partitioning.partitioned:
-        return events
+        return []
     partition = partitioning.of(order.customer_id)
     inputs = []
     for event in events:
@@ -114,6 +120,6 @@ def with_payment_inputs(order: Order, events: list[Event], partitioning: Partiti
             case EventType.ORDERS_CONFIRMED:
                 inputs.append(Event(CAPTURE_REQUESTED, order.order_id, {"customer_id": order.customer_id}, partition))
             case EventType.ORDERS_CANCELLED:
-                data = {"customer_id": order.customer_id, "reason": event.data["reason"]}
+                data = {"customer_id": order.customer_id, "reason": order.reason}
                 inputs.append(Event(RELEASE_REQUESTED, order.order_id, data, partition))
-    return [*events, *inputs]
+    return inputs

@@ -96,8 +96,7 @@ def requeue_payment_input(partitioning: Partitioning, tx: sqlite3.Connection, ev
     order = repository.get(tx, order_id)
     if order is None:
         return 0
-    data = {"reason": order.reason or ""} if event_type == EventType.ORDERS_CANCELLED else {}
-    inputs = domain.with_payment_inputs(order, [Event(event_type, order_id, data)], partitioning)[1:]
+    inputs = domain.payment_inputs(order, [Event(event_type, order_id)], partitioning)
     return len(outbox.add(tx, batch_steps([(event, None) for event in inputs]), causation_id=None))
 
 

@@ -1,5 +1,6 @@
-from order_svc.domain import Order, OrderStatus, place_order
+from order_svc.domain import Order, OrderStatus, payment_inputs, place_order, with_payment_inputs
 from shared.contract import OrderItem, OrderRequested
+from shared.partitions import UNPARTITIONED, Partitioning
 
 
 def request(*lines: tuple[str, int, int]) -> OrderRequested:
@@ -77,3 +78,26 @@ def test_the_creating_request_arriving_again_is_not_a_duplicate_order_id() -> No
     order, events = place_order("o-1", "req-1", request(("sku", 1, 100)), existing, now=99_999.0)
     assert (order, events) == (None, [])
     assert existing.status is OrderStatus.PENDING
+
+
+def test_partitioned_each_decision_sends_its_payment_input_to_the_customers_partition() -> None:
+    four = Partitioning(4)
+    order, created = place_order("o-1", "req-1", request(("sku", 2, 100)), None, now=0.0)
+    assert order is not None
+    confirmed = order.confirm()
+    other = pending("o-2")
+    cancelled = other.cancel("out_of_stock")
+    inputs = [
+        *payment_inputs(order, created, four),
+        *payment_inputs(order, confirmed, four),
+        *payment_inputs(other, cancelled, four),
+    ]
+    assert [(e.type, e.order_id, e.data) for e in inputs] == [
+        ("payment_svc.charge_requested", "o-1", {"customer_id": "alice", "amount_cents": 200}),
+        ("payment_svc.capture_requested", "o-1", {"customer_id": "alice"}),
+        ("payment_svc.release_requested", "o-2", {"customer_id": "alice", "reason": "out_of_stock"}),
+    ]
+    assert {e.partition for e in inputs} == {four.of("alice")}
+    assert with_payment_inputs(other, cancelled, four) == [*cancelled, inputs[2]]
+    assert payment_inputs(order, created, UNPARTITIONED) == []  # payment_svc reads the events themselves
+    assert with_payment_inputs(order, created, UNPARTITIONED) == created
